@@ -1,0 +1,37 @@
+# The two commands a new user needs: `make demo` and `make test`.
+# Each creates the environment it needs when it is absent.
+PYTHON ?= python3
+VENV := .venv
+TFGAN_VENV := .venv-tfgan
+STAMP := $(VENV)/.installed
+TFGAN_STAMP := $(TFGAN_VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv tfgan-venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# tensorflow-gan needs TensorFlow <= 2.15 and NumPy < 2, which cannot live beside JAX:
+# it gets its own interpreter, used by Ray actors through runtime_env py_executable.
+tfgan-venv: $(TFGAN_STAMP)
+
+$(TFGAN_STAMP): requirements-tfgan.txt
+	test -x $(TFGAN_VENV)/bin/python || $(PYTHON) -m venv $(TFGAN_VENV)
+	$(TFGAN_VENV)/bin/pip install -q --upgrade pip
+	$(TFGAN_VENV)/bin/pip install -q -r requirements-tfgan.txt
+	touch $(TFGAN_STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ddss demo
+
+test: $(STAMP) $(TFGAN_STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(TFGAN_VENV) runs .cache

@@ -1,0 +1,1 @@
+"""ddss-pipeline: few-step sampling for pretrained diffusion models."""

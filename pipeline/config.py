@@ -1,0 +1,152 @@
+"""Configs as data: frozen dataclasses, loaded from YAML and validated once, at the edge.
+
+`load(cls, path_or_dict, overrides)` rejects unknown keys, wrong types and (through the
+dataclass's `validate()` method, if it has one) impossible values, each with one
+UserError line naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+
+def load_yaml(path) -> dict:
+    """Read a YAML mapping with the safe loader."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of keys to values")
+    return data
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a nested dict, checking keys and types."""
+    if not isinstance(data, dict):
+        raise UserError(f"config section {where or cls.__name__!r} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise UserError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def _coerce(tp, value, key):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key!r} must be a list, got {value!r}")
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        return tuple(_coerce(arg, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key {key!r} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {tp} of {key!r} is not supported")
+
+
+def load(cls, source=None, overrides: dict | None = None):
+    """`cls` from a YAML path or dict (or defaults), then dotted-key overrides ({"train.steps": 10})."""
+    data = load_yaml(source) if isinstance(source, (str, os.PathLike)) else dict(source or {})
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(cls, data)
+
+
+def to_dict(obj) -> dict:
+    """A plain nested dict (lists for tuples), ready for YAML."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(obj)
+
+
+def check(cond: bool, key: str, message: str):
+    """Raise a UserError naming `key` unless `cond` holds (for validate() methods)."""
+    if not cond:
+        raise UserError(f"config key {key!r}: {message}")
+
+
+def atomic_write_text(path, text: str):
+    """Write a file by writing a temporary sibling then renaming it over the target."""
+    path = os.fspath(path)
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def dump_yaml(obj, path):
+    """Write a config (dataclass or dict) as YAML, atomically."""
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,2 @@
+"""Imports every sampler module so each registers itself (one line per module)."""
+from pipeline.samplers import baseline  # noqa: F401
