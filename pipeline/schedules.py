@@ -113,7 +113,7 @@ def time_grid(K: int, stride: str = "quadratic", schedule: Schedule | None = Non
         lam_hi = min(float(sched.logsnr(np.float64(0.0))), LOGSNR_MAX)
         lam_lo = float(sched.logsnr(np.float64(1.0)))
         lam = lam_lo + (1.0 - u) * (lam_hi - lam_lo)
-        grid = np.asarray(sched.t_from_logsnr(lam), dtype=np.float64)
+        grid = np.array(sched.t_from_logsnr(lam), dtype=np.float64, copy=True)
         grid[0], grid[-1] = 1.0, 0.0
     return np.asarray(grid, dtype=np.float64)
 
