@@ -1,0 +1,114 @@
+"""Run reports: sample grids, the FD-vs-NFE frontier plot, and report.md (no Ray, no JAX)."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from pipeline.config import atomic_write_text
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _atomic_savefig(fig, path):
+    tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-" + os.path.basename(path))
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def save_grid(images, path, ncol: int | None = None, title: str | None = None):
+    """Save images [N, H, W, C] in [-1, 1] as one PNG grid."""
+    images = np.clip((np.asarray(images, np.float32) + 1.0) / 2.0, 0.0, 1.0)
+    n, h, w, c = images.shape
+    ncol = ncol or int(math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(n / ncol))
+    canvas = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), np.float32)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = images[i]
+    plt = _pyplot()
+    fig = plt.figure(figsize=(max(2.0, ncol * 0.35), max(2.0, nrow * 0.35 + (0.3 if title else 0))))
+    ax = fig.add_axes([0, 0, 1, 0.92 if title else 1])
+    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+def frontier_plot(rows: list[dict], path, metric: str = "fd", title: str = "FD vs NFE"):
+    """One line per method: `metric` against NFE on log-log axes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    by_method: dict[str, list] = {}
+    for r in rows:
+        if r.get(metric) is not None and r.get("nfe"):
+            by_method.setdefault(r["method"], []).append((r["nfe"], r[metric]))
+    for method, pts in sorted(by_method.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method, ms=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (model evaluations per sample)")
+    ax.set_ylabel(metric.upper())
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _atomic_savefig(fig, path)
+    plt.close(fig)
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def results_table(rows: list[dict]) -> str:
+    """Markdown table: method, steps, NFE, FD, KID, wall time."""
+    lines = ["| method | steps | NFE | FD | KID | wall time (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["method"], r["steps"])):
+        lines.append(
+            f"| {r['method']} | {r['steps']} | {r['nfe']} | {_fmt(r.get('fd'), '.3f')} | "
+            f"{_fmt(r.get('kid'), '.4f')} | {_fmt(r.get('wall_s'), '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(run_dir, rows: list[dict], grids: dict[str, str], intro: str, notes: list[str] = ()):
+    """report.md in run_dir with the results table, the frontier plot and the sample grids
+    (grids: method label -> PNG path relative to run_dir)."""
+    frontier_plot(rows, os.path.join(run_dir, "frontier.png"))
+    parts = [
+        "# ddss-pipeline report",
+        "",
+        intro,
+        "",
+        "## Results",
+        "",
+        results_table(rows),
+        "",
+        "FD and KID are measured in digit-classifier features (not Inception: not FID).",
+        "",
+        "![FD vs NFE](frontier.png)",
+        "",
+    ]
+    if notes:
+        parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    if grids:
+        parts += ["## Samples", ""]
+        for label, rel in grids.items():
+            parts += [f"**{label}**", "", f"![{label}]({rel})", ""]
+    path = os.path.join(run_dir, "report.md")
+    atomic_write_text(path, "\n".join(parts))
+    return path
