@@ -1,0 +1,149 @@
+"""Run directories: one per job, holding everything it writes.
+
+    RUN_DIR/config.yaml     the resolved config
+    RUN_DIR/checkpoints/    orbax checkpoints (pipeline.checkpoint)
+    RUN_DIR/metrics.jsonl   one JSON record per logged step, appended
+    RUN_DIR/results.json    final figures, merged key by key (atomic read-modify-write)
+
+A new run gets a unique id (UTC timestamp + random suffix) under a root folder unless the
+caller names the directory; a named directory that is not empty is only reused with
+resume=True, so nothing already written is overwritten by accident.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import secrets
+import time
+
+from pipeline import config as cfg
+from pipeline.errors import UserError
+
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+
+
+def new_run_id(prefix: str = "") -> str:
+    """`<prefix>-YYYYmmdd-HHMMSS-<8 hex>`: sortable by start time, unique across concurrent jobs."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    rid = f"{stamp}-{secrets.token_hex(4)}"
+    return f"{prefix}-{rid}" if prefix else rid
+
+
+def prepare(run_dir=None, *, resume: bool = False, root="runs", prefix: str = "") -> str:
+    """The absolute run directory to use, created if new.
+
+    run_dir=None makes `root/<prefix>-<id>`; resume=True needs an existing run (with config.yaml);
+    a non-empty run_dir without resume is refused with one line.
+    """
+    if run_dir is None:
+        if resume:
+            raise UserError("--resume needs --run-dir naming the run to continue")
+        while True:
+            path = os.path.abspath(os.path.join(os.fspath(root), new_run_id(prefix)))
+            try:
+                os.makedirs(path)
+                return path
+            except FileExistsError:  # same second and same suffix: draw again
+                continue
+    path = os.path.abspath(os.fspath(run_dir))
+    if resume:
+        if not os.path.isfile(os.path.join(path, CONFIG)):
+            raise UserError(f"cannot resume {path}: it has no {CONFIG} (not a run directory)")
+        return path
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise UserError(f"run directory {path} is not empty; pass --resume to continue it or choose another --run-dir")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def checkpoint_dir(run_dir) -> str:
+    return os.path.join(os.fspath(run_dir), CHECKPOINTS)
+
+
+def write_config(run_dir, config):
+    """Write the resolved config (a dataclass or dict) as RUN_DIR/config.yaml."""
+    cfg.dump_yaml(config, os.path.join(os.fspath(run_dir), CONFIG))
+
+
+def read_config(run_dir) -> dict:
+    return cfg.load_yaml(os.path.join(os.fspath(run_dir), CONFIG))
+
+
+def append_metrics(run_dir, record: dict):
+    """Append one JSON line to RUN_DIR/metrics.jsonl (a resumed run may repeat a step: readers
+    keep the last record of each step)."""
+    line = json.dumps(_jsonable(record), sort_keys=True) + "\n"
+    with open(os.path.join(os.fspath(run_dir), METRICS), "a") as f:
+        f.write(line)
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl; a torn last line (killed writer) is skipped."""
+    path = os.path.join(os.fspath(run_dir), METRICS)
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def read_results(run_dir) -> dict:
+    path = os.path.join(os.fspath(run_dir), RESULTS)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is not valid JSON") from None
+
+
+def update_results(run_dir, updates: dict) -> dict:
+    """Merge `updates` into RUN_DIR/results.json (nested dicts merged key by key) under a
+    file lock, writing atomically; returns the merged results."""
+    run_dir = os.fspath(run_dir)
+    with _locked(os.path.join(run_dir, ".results.lock")):
+        merged = _merge(read_results(run_dir), _jsonable(updates))
+        cfg.atomic_write_text(os.path.join(run_dir, RESULTS), json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return merged
+
+
+@contextlib.contextmanager
+def _locked(path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _merge(old: dict, new: dict) -> dict:
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _jsonable(v):
+    """Plain JSON values: numpy/JAX scalars to Python numbers, non-finite floats to None."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if hasattr(v, "tolist"):
+        return _jsonable(v.tolist())
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
