@@ -1,0 +1,239 @@
+"""Distributed evaluation: a pool of Ray actors, each generating and featurizing the index
+ranges it is handed (pipeline.evaluate.Evaluator); the driver merges the results in block
+order, so the metrics are the same for any number of workers.
+
+Work units are consecutive block ranges handed out on demand. An actor that dies (killed,
+its node lost) has its range put back in the queue and run by another actor, and a
+replacement actor is started; after more than `max_failures` such losses the evaluation fails.
+A UserError or SamplerDiverged raised in an actor ends the evaluation with that error.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable
+
+from pipeline.errors import UserError
+
+# Losses that mean "this actor (or its node) is gone": the range is retried elsewhere.
+_LOST = (
+    "ActorDiedError", "ActorUnavailableError", "NodeDiedError", "WorkerCrashedError", "ObjectLostError",
+    "OwnerDiedError", "ObjectReconstructionFailedError", "ActorUnschedulableError",
+)
+
+
+class EvalActor:
+    """One evaluation worker: builds the Evaluator of `spec` once, then runs ranges."""
+
+    def __init__(self, spec, pin_core: int | None = None):
+        if pin_core is not None:
+            from pipeline.distributed.spmd import _pin_to_core
+
+            _pin_to_core(pin_core)
+        from pipeline.evaluate import Evaluator  # imports jax inside the worker
+
+        self.evaluator = Evaluator(spec)
+
+    def ready(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, block_start: int, block_stop: int):
+        return self.evaluator.run(block_start, block_stop)
+
+    def reference(self):
+        return self.evaluator.reference()
+
+
+@dataclasses.dataclass
+class PoolStats:
+    """How the pool went: actors started, ranges retried after a loss."""
+
+    actors_started: int = 0
+    retried_ranges: int = 0
+
+
+def _is_lost(e: BaseException) -> bool:
+    return any(cls.__name__ in _LOST for cls in type(e).__mro__)
+
+
+def _raise_task_error(e):
+    """Re-raise a user-facing error from inside an actor as itself (one line), else as is."""
+    from pipeline.samplers.core import SamplerDiverged
+
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, (UserError, SamplerDiverged)):
+        raise cause from None
+    raise e
+
+
+def actor_options(resources: dict | None = None, env: dict | None = None) -> dict:
+    """Ray options of one evaluation actor: resources ({"CPU": 1}, {"GPU": 0.5}, {"TPU": 4}, ...)
+    and its environment (JAX on CPU unless it holds an accelerator; no GPU preallocation so
+    several actors can share a GPU)."""
+    resources = dict(resources or {"CPU": 1})
+    env_vars = {}
+    if resources.get("GPU"):
+        env_vars["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    elif not resources.get("TPU"):
+        env_vars["JAX_PLATFORMS"] = "cpu"
+    env_vars.update({k: str(v) for k, v in (env or {}).items()})
+    opts = {
+        "num_cpus": resources.pop("CPU", 0),
+        "num_gpus": resources.pop("GPU", 0),
+        "max_restarts": 0,
+        "runtime_env": {"env_vars": env_vars},
+    }
+    if resources:
+        opts["resources"] = resources
+    return opts
+
+
+def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | None = None,
+             pin_cores: bool = False, blocks_per_range: int = 1, max_failures: int = 3,
+             progress: bool = True, on_range_done: Callable[[dict], None] | None = None):
+    """Evaluate `spec` (pipeline.evaluate.EvalSpec) on `workers` Ray actors (Ray must be up).
+
+    Returns (results: list of RangeResult, reference features, PoolStats).
+    on_range_done(info) is called on the driver after each finished range with
+    info = {"done": samples done, "actors": live actor handles, "busy": actors with a range}.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    from pipeline.evaluate import ranges
+
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    spec.validate()
+    Actor = ray.remote(EvalActor)
+    opts = actor_options(resources, env)
+    stats = PoolStats()
+    todo = collections.deque([("reference", None)] + [("range", r) for r in ranges(spec, blocks_per_range)])
+    starting: dict = {}  # ready ref -> actor
+    busy: dict = {}  # result ref -> (actor, unit)
+    idle: list = []
+    results, reference, failures = [], None, 0
+
+    def start_actor():
+        core = stats.actors_started % (os.cpu_count() or 1) if pin_cores else None
+        actor = Actor.options(**opts).remote(spec, core)
+        stats.actors_started += 1
+        starting[actor.ready.remote()] = actor
+
+    def lost(e):
+        nonlocal failures
+        failures += 1
+        if failures > max_failures:
+            raise RuntimeError(f"evaluation lost {failures} actors (max_failures={max_failures}); last: {type(e).__name__}") from e
+        start_actor()
+
+    for _ in range(workers):
+        start_actor()
+    bar = tqdm(total=spec.num_samples, desc=f"evaluate {spec.sampler} K={spec.steps}", unit="sample",
+               disable=not progress, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+    try:
+        while todo or busy:
+            while idle and todo:
+                actor, unit = idle.pop(), todo.popleft()
+                ref = actor.reference.remote() if unit[0] == "reference" else actor.run.remote(*unit[1])
+                busy[ref] = (actor, unit)
+            ready, _ = ray.wait(list(busy) + list(starting), num_returns=1)
+            ref = ready[0]
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                    idle.append(actor)
+                except ray.exceptions.RayTaskError as e:  # the Evaluator could not be built
+                    _raise_task_error(e)
+                except ray.exceptions.RayError as e:
+                    if not _is_lost(e):
+                        raise
+                    lost(e)
+                continue
+            actor, unit = busy.pop(ref)
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                _raise_task_error(e)
+            except ray.exceptions.RayError as e:
+                if not _is_lost(e):
+                    raise
+                stats.retried_ranges += unit[0] == "range"
+                todo.appendleft(unit)
+                ray.kill(actor)
+                lost(e)
+                continue
+            idle.append(actor)
+            if unit[0] == "reference":
+                reference = value
+                continue
+            results.append(value)
+            start, _ = spec.block_range(value.block_start)
+            _, stop = spec.block_range(value.block_stop - 1)
+            bar.update(stop - start)
+            if on_range_done is not None:
+                on_range_done({"done": bar.n, "actors": idle + [a for a, _ in busy.values()],
+                               "busy": [a for a, _ in busy.values()]})
+    finally:
+        bar.close()
+        for actor in idle + [a for a, _ in busy.values()] + list(starting.values()):
+            ray.kill(actor)
+    return results, reference, stats
+
+
+def evaluate(spec, *, workers: int, address: str | None = None, **pool_kw) -> dict:
+    """Evaluate `spec` on a pool of `workers` actors (joining `address`, else a local Ray):
+    {"kid", "fd", "num_samples", "workers", "wall_s", "samples_per_s", ...}."""
+    from pipeline.distributed.ray_init import ensure_ray
+    from pipeline.evaluate import merge, metrics
+
+    ensure_ray(address)
+    t0 = time.perf_counter()
+    results, reference, stats = run_pool(spec, workers=workers, **pool_kw)
+    features, moments = merge(spec, results)
+    wall = time.perf_counter() - t0
+    out = metrics(spec, features, moments, reference)
+    out.update(num_samples=spec.num_samples, kid_samples=int(features.shape[0]), reference_samples=int(reference.shape[0]),
+               workers=workers, wall_s=wall, samples_per_s=spec.num_samples / wall,
+               actors_started=stats.actors_started, retried_ranges=stats.retried_ranges)
+    return out
+
+
+def run_evaluation(cfg, address: str | None = None, progress: bool = True) -> dict:
+    """`ddss evaluate` / jobs/evaluate.py: evaluate cfg (pipeline.evaluate.EvaluateConfig) on a
+    pool of actors and append the result row to results.json of cfg.results_dir (default: the
+    teacher's run). Returns the row."""
+    from pipeline import rundir, samplers
+    from pipeline.distributed.ray_init import ensure_ray
+    from pipeline.evaluate import EvalSpec, split_sampler, teacher_problem
+
+    teacher = os.path.abspath(cfg.teacher)
+    if not os.path.isdir(teacher):
+        raise UserError(f"teacher run directory not found: {cfg.teacher}")
+    results_dir = os.path.abspath(cfg.results_dir or teacher)
+    if not os.path.isdir(results_dir):
+        raise UserError(f"results directory not found: {cfg.results_dir}")
+    name, _ = split_sampler(cfg.sampler)
+    samplers.get(name)  # one line naming the valid samplers
+    ensure_ray(address)
+    problem = teacher_problem(teacher, cfg)
+    spec = EvalSpec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride, w=cfg.w,
+                    batch_size=cfg.batch_size, kid_samples=cfg.kid_samples)
+    resources = {"CPU": cfg.worker_cpus}
+    if cfg.worker_gpus:
+        resources["GPU"] = cfg.worker_gpus
+    if cfg.worker_tpus:
+        resources["TPU"] = cfg.worker_tpus
+    out = evaluate(spec, workers=cfg.workers, resources=resources, pin_cores=cfg.pin_cores,
+                   max_failures=cfg.max_failures, progress=progress)
+    row = {"method": cfg.sampler, "sampler": cfg.sampler, "steps": cfg.steps, "nfe": samplers.nfe(name, cfg.steps),
+           "stride": cfg.stride, "w": cfg.w, "seed": cfg.seed, "features": problem.label,
+           "metrics_backend": cfg.metrics_backend, "time": time.time(), **out}
+    rundir.update_results(results_dir, {"evaluations": {cfg.result_key(): row}})
+    return row
