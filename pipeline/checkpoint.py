@@ -41,7 +41,9 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
         )
         try:
-            self._mngr = ocp.CheckpointManager(self.directory, options=options)
+            self._mngr = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+            )
         except Exception as e:  # unreadable directory, foreign files with step-like names
             raise UserError(f"cannot open checkpoint directory {self.directory}: {_first_line(e)}") from None
 

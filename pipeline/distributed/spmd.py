@@ -77,9 +77,7 @@ def _run_on_ray(loop_fn, loop_config, *, num_workers, run_dir, address, max_fail
     ensure_ray(address)
     sink = _ResultSink()
     platform = _platform(resources_per_worker)
-    env = {"JAX_PLATFORMS": "cpu"} if platform == "cpu" else {}
-    if platform == "gpu":
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if platform == "gpu" else {}
     env.update({k: str(v) for k, v in worker_env.items()})
     trainer = JaxTrainer(
         _worker_main,
@@ -96,7 +94,8 @@ def _run_on_ray(loop_fn, loop_config, *, num_workers, run_dir, address, max_fail
             name="ray_train",
             storage_path=run_dir,
             failure_config=FailureConfig(max_failures=max_failures),
-            worker_runtime_env={"env_vars": env},
+            # no runtime_env unless needed: a worker with one cannot reuse a pooled process
+            worker_runtime_env={"env_vars": env} if env else None,
         ),
     )
     trainer.fit()
@@ -169,8 +168,13 @@ def _worker_main(payload: dict):
     if payload["pin_cores"]:
         _pin_to_core(tctx.get_local_rank())
 
+    import logging
+
+    if payload["platform"] == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before jax is imported: no GPU/TPU probing
     import jax
 
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
     own_distributed = payload["platform"] == "cpu" and world > 1
     if own_distributed:
         coordinator = broadcast_from_rank_zero(_free_address() if rank == 0 else None)

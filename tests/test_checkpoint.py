@@ -1,0 +1,126 @@
+"""Orbax checkpoints and run directories: round trips, corrupt and incompatible checkpoints,
+the never-overwrite rules."""
+import json
+import os
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from pipeline import checkpoint, rundir
+from pipeline.errors import UserError
+
+
+def _state(width=4, seed=0):
+    rng = np.random.default_rng(seed)
+    params = {"w": jnp.asarray(rng.normal(size=(3, width)), jnp.float32), "b": jnp.zeros(width)}
+    opt = optax.adam(1e-3)
+    return {
+        "params": params,
+        "ema": jax.tree.map(lambda a: a * 0.5, params),
+        "opt": opt.init(params),
+        "step": jnp.int32(7),
+        "key": jax.random.key_data(jax.random.key(seed)),
+    }
+
+
+def _equal(a, b):
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), a, b)))
+
+
+def test_round_trip_keeps_latest_and_structure(tmp_path):
+    with checkpoint.Checkpointer(tmp_path / "ck", max_to_keep=2) as ck:
+        assert ck.latest_step() is None
+        states = {s: _state(seed=s) for s in (1, 2, 3)}
+        for s, st in states.items():
+            assert ck.save(s, st)
+        ck.wait()
+        assert not ck.save(2, states[2])  # not newer than the latest: skipped
+        assert ck.all_steps() == [2, 3]  # max_to_keep
+    ck = checkpoint.Checkpointer(tmp_path / "ck")
+    got = ck.restore(_state(seed=99))
+    assert _equal(got, states[3])
+    assert type(got["opt"][0]) is type(states[3]["opt"][0])  # optax namedtuples come back
+    assert _equal(ck.restore(_state(), step=2), states[2])
+
+
+def test_restore_without_checkpoint_is_one_line(tmp_path):
+    ck = checkpoint.Checkpointer(tmp_path / "empty")
+    with pytest.raises(UserError, match="no checkpoint in") as e:
+        ck.restore(_state())
+    assert "\n" not in str(e.value)
+
+
+def test_incompatible_checkpoint_names_the_entry(tmp_path):
+    with checkpoint.Checkpointer(tmp_path / "ck") as ck:
+        ck.save(1, _state(width=4))
+    ck = checkpoint.Checkpointer(tmp_path / "ck")
+    with pytest.raises(UserError, match=r"incompatible.*'ema/b' has shape \(4,\), expected \(5,\)") as e:
+        ck.restore(_state(width=5))
+    assert "\n" not in str(e.value)
+    other = _state()
+    other["extra"] = jnp.ones(2)
+    with pytest.raises(UserError, match="incompatible.*lacks 'extra'"):
+        ck.restore(other)
+    wrong_dtype = _state()
+    wrong_dtype["step"] = jnp.float32(7)
+    with pytest.raises(UserError, match="'step' has dtype int32, expected float32"):
+        ck.restore(wrong_dtype)
+
+
+def test_corrupt_checkpoint_is_one_line_and_not_overwritten(tmp_path):
+    with checkpoint.Checkpointer(tmp_path / "ck") as ck:
+        ck.save(1, _state())
+    step_dir = tmp_path / "ck" / "1"
+    data_files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for p in data_files:  # garble every array chunk
+        p.write_bytes(b"\x00garbage" * 3)
+    before = {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()}
+    ck = checkpoint.Checkpointer(tmp_path / "ck")
+    with pytest.raises(UserError, match="checkpoint step 1 .* unreadable") as e:
+        ck.restore(_state())
+    assert "\n" not in str(e.value)
+    assert {p: p.read_bytes() for p in step_dir.rglob("*") if p.is_file()} == before
+
+    (step_dir / "default" / "_METADATA").write_text("{not json")
+    with pytest.raises(UserError, match="unreadable"):
+        checkpoint.Checkpointer(tmp_path / "ck").restore(_state())
+
+
+def test_rundir_new_ids_are_unique_and_never_reuse_a_dir(tmp_path):
+    made = []
+    threads = [threading.Thread(target=lambda: made.append(rundir.prepare(root=tmp_path, prefix="t"))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 16 and all(os.path.isdir(p) for p in made)
+
+    d = tmp_path / "named"
+    assert rundir.prepare(d) == str(d)  # new, empty: fine
+    rundir.write_config(d, {"a": 1})
+    with pytest.raises(UserError, match="not empty; pass --resume"):
+        rundir.prepare(d)
+    assert rundir.read_config(d) == {"a": 1}  # untouched
+    assert rundir.prepare(d, resume=True) == str(d)
+    with pytest.raises(UserError, match="no config.yaml"):
+        rundir.prepare(tmp_path / "missing", resume=True)
+    with pytest.raises(UserError, match="--resume needs --run-dir"):
+        rundir.prepare(None, resume=True, root=tmp_path)
+
+
+def test_results_merge_and_metrics_append(tmp_path):
+    rundir.update_results(tmp_path, {"teacher": {"fd": 1.5}, "steps": 3})
+    merged = rundir.update_results(tmp_path, {"teacher": {"time_s": np.float32(2.0)}, "bad": float("nan")})
+    assert merged == {"teacher": {"fd": 1.5, "time_s": 2.0}, "steps": 3, "bad": None}
+    assert json.loads((tmp_path / "results.json").read_text()) == merged
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+    rundir.append_metrics(tmp_path, {"step": 1, "loss": np.float32(0.5)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # a writer killed mid-line
+    assert rundir.read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}]
