@@ -26,20 +26,23 @@ _LOST = (
 
 
 class EvalActor:
-    """One evaluation worker: builds the Evaluator of `spec` once, then runs ranges."""
+    """One evaluation worker: `ready()` builds the Evaluator of `spec` (there, not in __init__,
+    so that a bad input comes back as its own error), then `run` handles ranges."""
 
     def __init__(self, spec, pin_core: int | None = None):
         if pin_core is not None:
             from pipeline.distributed.spmd import _pin_to_core
 
             _pin_to_core(pin_core)
-        from pipeline.evaluate import Evaluator  # imports jax inside the worker
-
-        self.evaluator = Evaluator(spec)
+        self.spec = spec
+        self.evaluator = None
 
     def ready(self) -> str:
         import ray
 
+        from pipeline.evaluate import Evaluator  # imports jax inside the worker
+
+        self.evaluator = Evaluator(self.spec)
         return ray.get_runtime_context().get_node_id()
 
     def run(self, block_start: int, block_stop: int):
@@ -51,10 +54,10 @@ class EvalActor:
 
 @dataclasses.dataclass
 class PoolStats:
-    """How the pool went: actors started, ranges retried after a loss."""
+    """How the pool went: actors started, work units (ranges, the reference) retried after a loss."""
 
     actors_started: int = 0
-    retried_ranges: int = 0
+    retried: int = 0
 
 
 def _is_lost(e: BaseException) -> bool:
@@ -100,7 +103,7 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
 
     Returns (results: list of RangeResult, reference features, PoolStats).
     on_range_done(info) is called on the driver after each finished range with
-    info = {"done": samples done, "actors": live actor handles, "busy": actors with a range}.
+    info = {"done": samples done, "busy": [(actor, node id)] of the actors holding a range}.
     """
     import ray
     from tqdm.auto import tqdm
@@ -117,6 +120,7 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
     starting: dict = {}  # ready ref -> actor
     busy: dict = {}  # result ref -> (actor, unit)
     idle: list = []
+    node_of: dict = {}  # actor -> its node id
     results, reference, failures = [], None, 0
 
     def start_actor():
@@ -147,7 +151,7 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
             if ref in starting:
                 actor = starting.pop(ref)
                 try:
-                    ray.get(ref)
+                    node_of[actor] = ray.get(ref)
                     idle.append(actor)
                 except ray.exceptions.RayTaskError as e:  # the Evaluator could not be built
                     _raise_task_error(e)
@@ -164,7 +168,7 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
             except ray.exceptions.RayError as e:
                 if not _is_lost(e):
                     raise
-                stats.retried_ranges += unit[0] == "range"
+                stats.retried += 1
                 todo.appendleft(unit)
                 ray.kill(actor)
                 lost(e)
@@ -178,8 +182,7 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
             _, stop = spec.block_range(value.block_stop - 1)
             bar.update(stop - start)
             if on_range_done is not None:
-                on_range_done({"done": bar.n, "actors": idle + [a for a, _ in busy.values()],
-                               "busy": [a for a, _ in busy.values()]})
+                on_range_done({"done": bar.n, "busy": [(a, node_of[a]) for a, _ in busy.values()]})
     finally:
         bar.close()
         for actor in idle + [a for a, _ in busy.values()] + list(starting.values()):
@@ -201,7 +204,7 @@ def evaluate(spec, *, workers: int, address: str | None = None, **pool_kw) -> di
     out = metrics(spec, features, moments, reference)
     out.update(num_samples=spec.num_samples, kid_samples=int(features.shape[0]), reference_samples=int(reference.shape[0]),
                workers=workers, wall_s=wall, samples_per_s=spec.num_samples / wall,
-               actors_started=stats.actors_started, retried_ranges=stats.retried_ranges)
+               actors_started=stats.actors_started, retried=stats.retried)
     return out
 
 

@@ -1,0 +1,226 @@
+"""Distributed evaluation on the exact Gaussian-mixture denoiser (features = the samples):
+per-sample keys, metrics against float64 NumPy, identical results for 1, 2 and 4 Ray actors,
+and the same numbers after an actor is killed or a node removed mid-evaluation."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import jax
+import numpy as np
+import psutil
+import pytest
+import scipy.linalg
+
+from pipeline import evaluate as E
+from pipeline.errors import UserError
+
+MEANS = [[-2.0, 0.0, 1.0], [2.0, 1.0, -1.0], [0.0, -2.0, 0.0]]
+STDS = [0.5, 0.3, 0.4]
+WEIGHTS = [0.3, 0.5, 0.2]
+PROBLEM = E.analytic_problem(MEANS, STDS, WEIGHTS, reference_samples=400)
+
+
+def spec(sampler="ddpm", n=240, batch=32, **kw):
+    return E.EvalSpec(PROBLEM, sampler, steps=8, num_samples=n, batch_size=batch, seed=3, **kw)
+
+
+def kid_numpy(a, b):
+    """Unbiased MMD^2 with the cubic polynomial kernel (x.y/d + 1)^3, float64."""
+    a, b = np.float64(a), np.float64(b)
+    d = a.shape[1]
+    k = lambda x, y: (x @ y.T / d + 1.0) ** 3  # noqa: E731
+    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
+    m, n = len(a), len(b)
+    return ((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
+            - 2 * kab.mean())
+
+
+def fd_numpy(a, b):
+    """Frechet distance of Gaussians fitted to a and b (covariances with ddof=1), float64."""
+    a, b = np.float64(a), np.float64(b)
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(ca @ cb).real
+    return float(np.sum((ma - mb) ** 2) + np.trace(ca + cb - 2 * root))
+
+
+@pytest.fixture(scope="module")
+def local_result():
+    """Samples, features and metrics of the reference spec, computed in this process."""
+    s = spec()
+    ev = E.Evaluator(s)
+    samples = np.concatenate([ev.samples(b)[0] for b in range(s.num_blocks)])
+    return {"samples": samples, "reference": ev.reference(), "metrics": E.evaluate_local(s)}
+
+
+def test_sample_i_comes_from_fold_in_seed_i():
+    s = spec(n=40, batch=16)
+    kx, kn = E.sample_keys(s.seed, np.arange(40, dtype=np.int32))
+    for i in (0, 17, 39):
+        k_i = jax.random.fold_in(jax.random.key(s.seed), i)
+        assert np.array_equal(jax.random.key_data(kx[i]), jax.random.key_data(jax.random.fold_in(k_i, 0)))
+        assert np.array_equal(jax.random.key_data(kn[i]), jax.random.key_data(jax.random.fold_in(k_i, 1)))
+
+
+def test_a_sample_does_not_depend_on_its_block(local_result):
+    """Sample i is the same whatever the block size and the number of samples."""
+    s = spec(n=50, batch=10)
+    ev = E.Evaluator(s)
+    x = np.concatenate([ev.samples(b)[0] for b in range(s.num_blocks)])
+    np.testing.assert_allclose(x, local_result["samples"][:50], atol=1e-5)
+
+
+def test_blocks_cover_the_indices_once():
+    s = spec(n=70, batch=32)
+    assert [s.block_range(b) for b in range(s.num_blocks)] == [(0, 32), (32, 64), (64, 70)]
+    assert E.ranges(s, 2) == [(0, 2), (2, 3)]
+
+
+def test_metrics_match_float64_numpy(local_result):
+    """KID on the samples and FD from block-merged moments equal their direct float64 values."""
+    m, x, ref = local_result["metrics"], local_result["samples"], local_result["reference"]
+    assert m["kid"] == pytest.approx(kid_numpy(x, ref), rel=1e-4, abs=1e-7)
+    assert m["fd"] == pytest.approx(fd_numpy(x, ref), rel=1e-4, abs=1e-6)
+
+
+def test_fd_sees_a_wrong_sampler():
+    """One DDIM step is a poor sampler: its FD is far above K=8 ancestral sampling's."""
+    good = E.evaluate_local(spec(n=200))
+    bad = E.evaluate_local(E.EvalSpec(PROBLEM, "ddim", steps=1, num_samples=200, batch_size=32, seed=3))
+    assert bad["fd"] > 5 * good["fd"]
+
+
+def test_bad_input_is_one_line():
+    with pytest.raises(UserError, match="no-such-sampler"):
+        E.Evaluator(E.EvalSpec(PROBLEM, "no-such-sampler", steps=4, num_samples=8))
+    with pytest.raises(UserError, match="takes no artefact"):
+        E.Evaluator(E.EvalSpec(PROBLEM, "ddim:some/path", steps=4, num_samples=8))
+    with pytest.raises(UserError, match="num-samples"):
+        E.EvalSpec(PROBLEM, "ddim", steps=4, num_samples=1).validate()
+
+
+# -- the Ray actor pool ---------------------------------------------------------------------
+
+HALF_CPU = {"CPU": 0.5}  # four actors fit on the two CPUs of the shared local Ray
+
+
+@pytest.fixture(scope="module")
+def pool_results(local_ray):
+    from pipeline.distributed import evaluation
+
+    return {w: evaluation.evaluate(spec(), workers=w, resources=HALF_CPU, progress=False) for w in (1, 2, 4)}
+
+
+@pytest.mark.ray
+def test_results_identical_for_1_2_4_workers(pool_results, local_result):
+    one = pool_results[1]
+    for w in (2, 4):
+        assert pool_results[w]["kid"] == one["kid"] and pool_results[w]["fd"] == one["fd"], w
+    assert one["kid"] == pytest.approx(local_result["metrics"]["kid"], rel=1e-6)
+    assert one["fd"] == pytest.approx(local_result["metrics"]["fd"], rel=1e-6)
+    assert one["num_samples"] == 240 and one["retried"] == 0
+
+
+@pytest.mark.ray
+def test_killed_actor_range_is_retried_with_the_same_numbers(pool_results, local_ray):
+    from pipeline.distributed import evaluation
+
+    killed = []
+
+    def kill_a_busy_actor(info):
+        if not killed and info["busy"]:
+            actor, _ = info["busy"][0]
+            killed.append(actor)
+            local_ray.kill(actor)
+
+    out = evaluation.evaluate(spec(), workers=2, resources=HALF_CPU, progress=False, on_range_done=kill_a_busy_actor)
+    assert killed and out["retried"] >= 1 and out["actors_started"] >= 3
+    assert out["kid"] == pool_results[1]["kid"] and out["fd"] == pool_results[1]["fd"]
+
+
+@pytest.mark.ray
+def test_user_error_in_an_actor_is_one_line(local_ray):
+    from pipeline.distributed import evaluation
+
+    with pytest.raises(UserError, match="takes no artefact"):
+        evaluation.evaluate(E.EvalSpec(PROBLEM, "ddim:x", steps=4, num_samples=8), workers=1,
+                            resources=HALF_CPU, progress=False)
+
+
+NODE_LOSS = textwrap.dedent("""
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    sys.path.insert(0, {tests!r})
+    from test_evaluation import spec
+    from pipeline.distributed import evaluation
+
+    cluster = Cluster(initialize_head=True, head_node_args=dict(
+        num_cpus=0, include_dashboard=False,
+        _system_config={{"health_check_period_ms": 500, "health_check_failure_threshold": 3}}))
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=cluster.address)
+    removed = []
+
+    def remove_a_busy_node(info):
+        if removed or not info["busy"]:
+            return
+        _, node_id = info["busy"][0]
+        node = next(n for n in nodes if n.node_id == node_id)
+        cluster.remove_node(node, allow_graceful=False)
+        removed.append(node_id)
+
+    try:
+        out = evaluation.evaluate(spec(), workers=2, progress=False, on_range_done=remove_a_busy_node)
+        print("RESULT " + json.dumps(dict(out, removed=len(removed))))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+""")
+
+
+def _run_reaping(cmd, timeout, env):
+    """Run cmd; afterwards (or on timeout) kill every process it started that is still alive
+    (a killed Ray node can leave its agents behind)."""
+    seen = {}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        parent = psutil.Process(proc.pid)
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                seen.update({c.pid: c for c in parent.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+        rc = proc.wait()
+        for p in seen.values():
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        out.seek(0)
+        err.seek(0)
+        return rc, out.read(), err.read()
+
+
+@pytest.mark.ray
+def test_lost_node_range_is_retried_with_the_same_numbers(pool_results, tmp_path):
+    """A two-node ray.cluster_utils.Cluster (own processes, in a subprocess so the shared
+    local Ray is untouched); one node is removed while its actor holds a range."""
+    script = tmp_path / "node_loss.py"
+    script.write_text(NODE_LOSS.format(tests=os.path.dirname(__file__)))
+    rc, stdout, stderr = _run_reaping([sys.executable, str(script)], timeout=240, env=dict(os.environ, RAY_ADDRESS=""))
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert rc == 0 and lines, stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["removed"] == 1 and out["retried"] >= 1
+    assert out["kid"] == pool_results[1]["kid"] and out["fd"] == pool_results[1]["fd"]
