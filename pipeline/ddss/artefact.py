@@ -1,0 +1,75 @@
+"""A searched sampler as a named artefact: a directory with the GGDM parameters as params.npz
+(plain arrays, no pickle) and meta.json (K, variant, schedule, teacher, search figures).
+
+    samplers.sample("ggdm", eps_fn, sched, x_T, steps=K, key=key, params=load_ggdm(path))
+    ddss evaluate --sampler ggdm:PATH ...
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.samplers import ggdm
+
+PARAMS = "params.npz"
+META = "meta.json"
+FORMAT = "ddss-ggdm/1"
+
+
+def save_artefact(path, params, meta: dict) -> str:
+    """Write the artefact directory `path` atomically (a temporary sibling renamed); an existing
+    path is never overwritten (UserError)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        raise UserError(f"sampler artefact {path} already exists; choose another path")
+    variant = ggdm.variant_of(params)
+    arrays = {k: np.asarray(v) for k, v in params.items()}
+    meta = {"format": FORMAT, "sampler": "ggdm", "variant": variant, "K": ggdm.num_steps(arrays), **meta}
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path))
+    try:
+        with open(os.path.join(tmp, PARAMS), "wb") as f:
+            np.savez(f, **arrays)
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_artefact(path) -> dict:
+    """{"params": GGDM parameters (NumPy arrays), "meta": the metadata} of an artefact directory
+    (or of a search run directory, whose artefact is RUN_DIR/sampler)."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, META)) and os.path.isfile(os.path.join(path, "sampler", META)):
+        path = os.path.join(path, "sampler")
+    if not os.path.isfile(os.path.join(path, META)) or not os.path.isfile(os.path.join(path, PARAMS)):
+        raise UserError(f"{path} is not a DDSS sampler artefact (needs {META} and {PARAMS})")
+    try:
+        with open(os.path.join(path, META)) as f:
+            meta = json.load(f)
+        with np.load(os.path.join(path, PARAMS), allow_pickle=False) as z:
+            params = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"sampler artefact {path} is unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"sampler artefact {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    variant = ggdm.variant_of(params)
+    if variant != meta.get("variant") or ggdm.num_steps(params) != meta.get("K"):
+        raise UserError(f"sampler artefact {path}: params.npz ({variant}, K={ggdm.num_steps(params)}) "
+                        f"disagrees with meta.json ({meta.get('variant')}, K={meta.get('K')})")
+    return {"params": params, "meta": meta}
+
+
+def load_ggdm(path) -> dict:
+    """The GGDM parameters of an artefact, ready for samplers.sample("ggdm", ..., params=...)."""
+    return load_artefact(path)["params"]

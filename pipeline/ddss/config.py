@@ -1,0 +1,61 @@
+"""The DDSS search config (configs/ddss_search.yaml; `ddss search` flags override it)."""
+from __future__ import annotations
+
+import dataclasses
+
+from pipeline import config, schedules
+from pipeline.data.gmm import PRESETS
+from pipeline.samplers import ggdm
+
+SELECT_BY = ("kid", "fd")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """What to search (a teacher's or a Gaussian mixture's GGDM sampler) and how."""
+
+    teacher: str = ""  # the teacher's run directory (ddss train-teacher); or gmm:
+    gmm: str = ""  # a Gaussian-mixture preset with its exact denoiser (pipeline.data.gmm), for tests and demos
+    steps: int = 5  # K, the sampler's steps (= model evaluations)
+    variant: str = "ggdm+pred+time"
+    stride: str = "quadratic"  # the DDIM grid the search starts from
+    guidance: float | None = None  # classifier-free guidance w of the teacher (None: its default)
+    batch_size: int = 128  # chains per gradient step, global over all devices
+    train_steps: int = 300
+    learning_rate: float = 3e-3
+    clip_norm: float = 1.0  # global-norm gradient clipping before Adam
+    remat: bool = True  # rematerialise each sampler step in backprop (memory flat in K)
+    eval_every: int = 50  # validation FD/KID every this many steps (and at the end)
+    eval_samples: int = 1000  # validation samples, drawn from held-out seeds
+    select_by: str = "kid"  # the validation metric that picks the best parameters
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    reference_samples: int = 2000  # gmm: exact samples as the reference
+    cache_dir: str = ".cache"  # where the digit-classifier features are cached
+    workers: int = 1  # Ray Train workers (processes); 0: in this process, without Ray
+    run_dir: str | None = None  # None: runs/ddss-<timestamp>-<id>
+    resume: bool = False  # continue run_dir from its latest checkpoint
+
+    def validate(self):
+        config.check(bool(self.teacher) != bool(self.gmm), "teacher", "give exactly one of teacher (a run directory) or gmm (a preset)")
+        config.check(not self.gmm or self.gmm in PRESETS, "gmm", f"must be one of {', '.join(PRESETS)}, got {self.gmm!r}")
+        config.check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        config.check(self.variant in ggdm.VARIANTS, "variant", f"must be one of {', '.join(ggdm.VARIANTS)}, got {self.variant!r}")
+        config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}, got {self.stride!r}")
+        config.check(self.batch_size >= 2, "batch_size", f"must be >= 2 (KID needs two samples), got {self.batch_size}")
+        config.check(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
+        config.check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        config.check(self.clip_norm > 0, "clip_norm", f"must be > 0, got {self.clip_norm}")
+        config.check(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        config.check(self.eval_samples >= 2, "eval_samples", f"must be >= 2, got {self.eval_samples}")
+        config.check(self.select_by in SELECT_BY, "select_by", f"must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
+        config.check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        config.check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        config.check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        config.check(self.reference_samples >= 2, "reference_samples", f"must be >= 2, got {self.reference_samples}")
+
+
+def load(source=None, overrides: dict | None = None) -> SearchConfig:
+    """The search config from a YAML path or dict, with overrides, validated."""
+    return config.load(SearchConfig, source, overrides)

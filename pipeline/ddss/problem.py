@@ -1,0 +1,69 @@
+"""What a search optimises for: a model, a feature function and the reference features of its
+training data (the KID loss's target), built from the config in every process.
+
+- teacher: a trained teacher (pipeline.train.load_teacher), the digit classifier's features,
+  the teacher's training split as the reference (the test split stays for evaluation).
+- gmm: a preset Gaussian mixture's exact denoiser, its samples as features, exact samples drawn
+  from a seed that no evaluation uses as the reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+REFERENCE_SEED = 271828  # gmm: the exact reference samples of the search (evaluate.py uses 12345)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SearchProblem:
+    model: Any  # teacher-like: schedule, data_shape, num_classes, eps_fn(y, w)
+    feature_fn: Callable  # x [B, ...] -> [B, F], jittable
+    reference: np.ndarray  # [M, F] features of the training data
+    meta: dict  # what the artefact records: schedule, teacher or gmm, features
+
+
+def _flatten(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def build_problem(cfg) -> SearchProblem:
+    """The SearchProblem of a SearchConfig."""
+    return _teacher_problem(cfg) if cfg.teacher else _gmm_problem(cfg)
+
+
+def _gmm_problem(cfg) -> SearchProblem:
+    import jax
+
+    from pipeline import schedules
+    from pipeline.data.gmm import gmm_preset
+    from pipeline.evaluate import AnalyticModel
+
+    mixture = gmm_preset(cfg.gmm)
+    model = AnalyticModel(mixture, schedules.get("cosine"))
+    reference = np.asarray(mixture.sample(jax.random.key(REFERENCE_SEED), cfg.reference_samples), np.float32)
+    return SearchProblem(model, _flatten, reference,
+                         {"gmm": cfg.gmm, "schedule": "cosine", "features": "samples", "data_shape": [mixture.dim]})
+
+
+def _teacher_problem(cfg) -> SearchProblem:
+    import os
+
+    import jax
+    import jax.numpy as jnp
+
+    from pipeline import train
+    from pipeline.models import classifier
+
+    teacher = train.load_teacher(cfg.teacher)
+    images, _ = train.load_data(teacher.config.data, "train")
+    feat_params = classifier.load_or_train_feature_net(cfg.cache_dir)
+    feature_fn = classifier.feature_fn(feat_params)
+    embed = jax.jit(feature_fn)
+    reference = np.concatenate([np.asarray(embed(jnp.asarray(images[i:i + 500]))) for i in range(0, len(images), 500)])
+    return SearchProblem(teacher, feature_fn, reference.reshape(len(images), -1).astype(np.float32), {
+        "teacher": os.path.abspath(cfg.teacher), "teacher_step": teacher.step, "schedule": teacher.schedule.name,
+        "features": "digit-classifier", "data_shape": list(teacher.data_shape),
+        "guidance": teacher.default_w if cfg.guidance is None else cfg.guidance,
+    })

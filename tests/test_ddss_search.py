@@ -1,0 +1,182 @@
+"""DDSS search on a Gaussian mixture with its exact denoiser: the loss against a float64 KID written
+here, the sharded gradient on 2 real Ray workers against one process, SIGKILL + resume against an
+uninterrupted run, divergence, the artefact, and bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pipeline import checkpoint, config, ddss, rundir, samplers
+from pipeline.ddss.chain import Chain, kid_loss
+from pipeline.ddss.problem import build_problem
+from pipeline.ddss.search import init_state
+from pipeline.errors import UserError
+from pipeline.metrics import frechet_distance
+from pipeline.samplers import ggdm
+
+SEARCH = {"gmm": "ring2d", "steps": 4, "batch_size": 64, "train_steps": 200, "eval_every": 50, "eval_samples": 500,
+          "checkpoint_every": 5, "learning_rate": 0.01, "workers": 0}
+
+
+def _cli(run_dir, *extra, wait=True):
+    cmd = [sys.executable, "-m", "pipeline.cli", "search", "--gmm", "ring2d", "--steps", "4", "--workers", "0",
+           "--train-steps", str(SEARCH["train_steps"]), "--batch-size", "64", "--learning-rate", "0.01",
+           "--config", os.path.join(os.path.dirname(run_dir), "search.yaml"), "--run-dir", str(run_dir), *extra]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddss")
+    config.dump_yaml({k: v for k, v in SEARCH.items() if k not in ("gmm", "steps", "train_steps", "batch_size",
+                                                                        "learning_rate", "workers")}, d / "search.yaml")
+    return d
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir):
+    out = _cli(workdir / "whole")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return workdir / "whole"
+
+
+def _final_state(run_dir):
+    cfg = ddss.load_config(rundir.read_config(run_dir))
+    target = jax.device_get(init_state(cfg, build_problem(cfg).model.schedule))
+    with checkpoint.Checkpointer(rundir.checkpoint_dir(run_dir)) as ck:
+        assert ck.latest_step() == cfg.train_steps
+        return jax.device_get(ck.restore(target))
+
+
+def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(workdir, uninterrupted):
+    run = workdir / "killed"
+    proc = _cli(run, wait=False)
+    ckdir = run / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if ckdir.is_dir() and any(p.isdigit() for p in os.listdir(ckdir)):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"
+    steps = [int(p) for p in os.listdir(ckdir) if p.isdigit()]
+    assert steps and max(steps) < SEARCH["train_steps"] and not (run / "sampler").exists()
+    out = _cli(run, "--resume")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert rundir.read_results(run)["ddss_search"]["resumed_from"] == max(steps)
+    whole, resumed = _final_state(uninterrupted), _final_state(run)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    art_a, art_b = ddss.load_ggdm(uninterrupted / "sampler"), ddss.load_ggdm(run / "sampler")
+    for k in art_a:
+        np.testing.assert_array_equal(art_a[k], art_b[k])
+
+
+def test_search_beats_ddim_and_its_artefact_samples(uninterrupted):
+    res = rundir.read_results(uninterrupted)["ddss_search"]
+    assert res["best_val_kid"] < 0.5 * res["initial"]["kid"]  # step 0 is DDIM
+    art = ddss.load_artefact(uninterrupted)  # a run directory finds its sampler
+    assert art["meta"]["K"] == 4 and art["meta"]["variant"] == "ggdm+pred+time" and art["meta"]["gmm"] == "ring2d"
+    # Fresh seeds, exact reference samples, FD of the samples themselves: GGDM beats DDIM on its own grid.
+    problem = build_problem(ddss.load_config(rundir.read_config(uninterrupted)))
+    gm, sched = problem.model.mixture, problem.model.schedule
+    x_T = jax.random.normal(jax.random.key(2024), (2000, 2), jnp.float32)
+    exact = np.asarray(gm.sample(jax.random.key(2025), 4000))
+    keys = jax.random.split(jax.random.key(2026), 2000)
+    fd_ggdm = frechet_distance(np.asarray(samplers.sample("ggdm", gm.eps_fn(sched), sched, x_T, steps=4, key=keys,
+                                                          params=ddss.load_ggdm(uninterrupted / "sampler"))), exact)
+    fd_ddim = frechet_distance(np.asarray(samplers.sample("ddim", gm.eps_fn(sched), sched, x_T, steps=4)), exact)
+    assert fd_ggdm < 0.7 * fd_ddim
+
+
+def _mmd2_float64(a, b):
+    """Unbiased MMD^2 with the kernel (x.y/d + 1)^3 (Binkowski et al. 2018), written out in NumPy."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    k = lambda x, y: (x @ y.T / x.shape[1] + 1.0) ** 3  # noqa: E731
+    m, n = len(a), len(b)
+    kaa, kbb = k(a, a), k(b, b)
+    return ((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
+            - 2 * k(a, b).mean())
+
+
+def _gradient_loop(ctx):
+    """The loss and its gradient at perturbed DDIM parameters, on ctx's mesh (runs in every process)."""
+    cfg = ddss.load_config(ctx.config)
+    problem = build_problem(cfg)
+    chain = Chain(problem.model, problem.feature_fn)
+    params = ggdm.init_params(cfg.steps, cfg.variant, problem.model.schedule)
+    params = {k: v + 0.01 * jnp.cos(jnp.arange(v.size, dtype=jnp.float32).reshape(v.shape)) for k, v in params.items()}
+    params, key = ctx.replicate(jax.device_get(params)), ctx.replicate(jax.random.key_data(jax.random.key(3)))
+    loss = kid_loss(chain, problem.reference, ctx.mesh)
+
+    def loss_of(p, k):
+        return loss(p, jax.random.wrap_key_data(k), jnp.arange(cfg.batch_size))
+
+    value, grads = jax.jit(jax.value_and_grad(loss_of), out_shardings=ctx.replicated)(params, key)
+    feats = jax.jit(lambda p, k: chain.features(p, jax.random.wrap_key_data(k), jnp.arange(cfg.batch_size)),
+                    out_shardings=ctx.replicated)(params, key)
+    return {"loss": float(value), "grads": {k: np.asarray(v).tolist() for k, v in grads.items()},
+            "features": np.asarray(ctx.gather(feats)).tolist(), "reference": problem.reference.tolist()}
+
+
+@pytest.mark.ray
+def test_sharded_gradient_on_two_ray_workers_equals_one_process(tmp_path):
+    import ray
+    from ray import cloudpickle
+
+    from pipeline.distributed.spmd import run_spmd
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cfg = ddss.load_config(None, {**SEARCH, "batch_size": 32})
+    loop_cfg = config.to_dict(cfg)
+    one = run_spmd(_gradient_loop, loop_cfg, num_workers=0, run_dir=tmp_path / "one")
+    # The loss is the KID of the chain's features, checked against float64 NumPy.
+    assert one["loss"] == pytest.approx(_mmd2_float64(one["features"], one["reference"]), rel=1e-4, abs=1e-7)
+    ray.init(include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1")
+    try:
+        two = run_spmd(_gradient_loop, loop_cfg, num_workers=2, run_dir=tmp_path / "two")
+    finally:
+        ray.shutdown()
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    g1 = np.concatenate([np.ravel(one["grads"][k]) for k in sorted(one["grads"])])
+    g2 = np.concatenate([np.ravel(two["grads"][k]) for k in sorted(two["grads"])])
+    assert np.linalg.norm(g2 - g1) <= 1e-5 * np.linalg.norm(g1)
+
+
+def test_non_finite_gradient_stops_at_a_named_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = ddss.load_config(None, {**SEARCH, "train_steps": 20, "eval_every": 100, "eval_samples": 64,
+                                  "checkpoint_every": 1, "learning_rate": 30.0, "clip_norm": 1e6})
+    with pytest.raises(ddss.SearchDiverged, match=r"diverged at step (\d+): non-finite") as err:
+        ddss.search(cfg, run_dir=tmp_path / "run")
+    bad = int(err.value.args[0].split("step ")[1].split(":")[0])
+    assert "\n" not in str(err.value)
+    with checkpoint.Checkpointer(rundir.checkpoint_dir(tmp_path / "run")) as ck:
+        assert ck.latest_step() == bad - 1
+        state = ck.restore(jax.device_get(init_state(cfg, build_problem(cfg).model.schedule)))
+    assert int(state["step"]) == bad - 1
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(state["params"]))
+
+
+def test_bad_input_is_one_line(tmp_path, uninterrupted):
+    with pytest.raises(UserError, match="cannot resume .* different 'steps'"):
+        ddss.search(ddss.load_config(rundir.read_config(uninterrupted), {"steps": 5}), run_dir=uninterrupted, resume=True)
+    with pytest.raises(UserError, match="already exists"):
+        ddss.save_artefact(uninterrupted / "sampler", ggdm.init_params(3), {})
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(UserError, match="not a DDSS sampler artefact"):
+        ddss.load_artefact(tmp_path / "junk")
+    with pytest.raises(UserError, match="'variant'"):
+        ddss.load_config(None, {"gmm": "ring2d", "variant": "ggdm+fast"})
+    path = ddss.save_artefact(tmp_path / "a", ggdm.init_params(3, "ggdm"), {"teacher": "t"})
+    p = ddss.load_ggdm(path)
+    assert ggdm.variant_of(p) == "ggdm" and p["mu_x"].dtype == np.float32
