@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import importlib
 import math
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -28,8 +29,8 @@ from pipeline.errors import UserError
 
 # ----------------------------------------------------------------------------------------
 # Artefact loaders, by sampler prefix: "ggdm:PATH" -> ARTEFACT_LOADERS["ggdm"](PATH, model).
-# A loader returns a Plan. Plug one in with one line here ("module:function", imported on
-# first use) or call register_artefact_loader(prefix, fn) at import of your module.
+# A loader returns a Plan. Plug one in with one line here, "module:function", imported on first
+# use in every worker (a loader registered at run time in one process would not reach them).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,23 +40,20 @@ class Plan:
     kwargs: extra sampler keyword arguments (e.g. {"params": ggdm_params});
     grid: an explicit decreasing time grid of steps+1 times (default: time_grid(steps, stride));
     eps_fn: a denoiser factory (y, w) -> eps_fn(x, t) replacing model.eps_fn (a distilled student);
-    steps: the step count the artefact was made for (None: any; else --steps must match or is taken).
+    steps: the step count the artefact was made for (None: any; else --steps must match);
+    w: the guidance weight it was made for (used when the evaluation gives none).
     """
 
     kwargs: dict = dataclasses.field(default_factory=dict)
     grid: Any = None
     eps_fn: Callable | None = None
     steps: int | None = None
+    w: float | None = None
 
 
-ARTEFACT_LOADERS: dict[str, Any] = {
+ARTEFACT_LOADERS: dict[str, str] = {
     "ggdm": "pipeline.evaluate:load_ggdm_artefact",
 }
-
-
-def register_artefact_loader(prefix: str, loader: Callable[[str, Any], Plan]):
-    """Make "PREFIX:ARTEFACT" samplers load ARTEFACT with `loader(artefact, model) -> Plan`."""
-    ARTEFACT_LOADERS[prefix] = loader
 
 
 def artefact_loader(prefix: str) -> Callable[[str, Any], Plan]:
@@ -64,10 +62,8 @@ def artefact_loader(prefix: str) -> Callable[[str, Any], Plan]:
     if loader is None:
         known = ", ".join(sorted(ARTEFACT_LOADERS)) or "none"
         raise UserError(f"sampler {prefix!r} takes no artefact (samplers with artefacts: {known})")
-    if isinstance(loader, str):
-        module, _, name = loader.partition(":")
-        loader = getattr(importlib.import_module(module), name)
-    return loader
+    module, _, name = loader.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def split_sampler(sampler: str) -> tuple[str, str | None]:
@@ -79,14 +75,13 @@ def split_sampler(sampler: str) -> tuple[str, str | None]:
 
 
 def load_ggdm_artefact(path: str, model) -> Plan:
-    """A DDSS artefact (GGDM parameters found by the search) for the "ggdm" sampler."""
+    """A DDSS artefact (GGDM parameters found by the search, pipeline.ddss) for "ggdm"; its
+    guidance weight is the default w."""
     from pipeline import ddss
-
-    art = ddss.load_artefact(path)
-    params = art["params"] if isinstance(art, dict) and "params" in art else art
     from pipeline.samplers import ggdm
 
-    return Plan(kwargs={"params": params}, steps=ggdm.num_steps(params))
+    art = ddss.load_artefact(path)
+    return Plan(kwargs={"params": art["params"]}, steps=ggdm.num_steps(art["params"]), w=art["meta"].get("guidance"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -152,14 +147,19 @@ class Problem:
     """Picklable recipe of a model and its feature space (built again in every worker).
 
     model(): a teacher-like object; features(): feature_fn(x [B, ...]) -> [B, F] (jittable), or
-    None for the flattened samples themselves; reference(): reference features [M, F] (NumPy),
-    given the feature_fn. label: how results name the feature space ("digit-classifier", ...).
+    None for the flattened samples themselves; reference(feature_fn): reference features [M, F]
+    (NumPy). label: how results name the feature space ("digit-classifier", ...). prepare():
+    run once by the driver before the workers start (e.g. train and cache a feature network).
+    moments=False: the "features" are images for the driver to featurize (Inception), so the
+    workers return them whole and compute no moments.
     """
 
     model: Callable[[], Any]
     reference: Callable[[Callable], np.ndarray]
     features: Callable[[], Callable] | None = None
     label: str = "samples"
+    prepare: Callable[[], Any] | None = None
+    moments: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +262,8 @@ class Evaluator:
         make_eps = plan.eps_fn or model.eps_fn
         num_classes = int(getattr(model, "num_classes", 0) or 0)
         shape = tuple(model.data_shape)
-        sched, w, seed, kw = model.schedule, spec.w, spec.seed, dict(plan.kwargs)
+        w = spec.w if spec.w is not None else plan.w
+        sched, seed, kw = model.schedule, spec.seed, dict(plan.kwargs)
         feature_fn = self.feature_fn
 
         def block(idx):
@@ -288,7 +289,8 @@ class Evaluator:
                 f"{self.spec.steps} (samples {start}..{stop - 1})"
             )
         n = stop - start
-        return np.asarray(x0)[:n], np.asarray(feats, np.float32)[:n].reshape(n, -1)
+        feats = np.asarray(feats, np.float32)[:n]
+        return np.asarray(x0)[:n], (feats.reshape(n, -1) if self.spec.problem.moments else feats)
 
     def run(self, block_start: int, block_stop: int, progress: Callable[[int], None] | None = None) -> RangeResult:
         """Features and per-block moments of blocks [block_start, block_stop)."""
@@ -298,13 +300,13 @@ class Evaluator:
         for b in range(block_start, block_stop):
             start, stop = self.spec.block_range(b)
             _, f = self.samples(b)
-            moments.append(FeatureMoments.from_features(f))
+            if self.spec.problem.moments:
+                moments.append(FeatureMoments.from_features(f))
             keep = max(0, min(stop, self.spec.num_kid) - start)
             feats.append(f[:keep])
             if progress is not None:
                 progress(stop - start)
-        dim = feats[0].shape[1] if feats else 0
-        return RangeResult(block_start, block_stop, np.concatenate(feats) if feats else np.zeros((0, dim), np.float32), moments)
+        return RangeResult(block_start, block_stop, np.concatenate(feats), moments)
 
     def reference(self) -> np.ndarray:
         """The reference features [M, F] of the problem, in this evaluator's feature space."""
@@ -316,25 +318,25 @@ class Evaluator:
 
 
 def merge(spec: EvalSpec, results: list[RangeResult]) -> tuple[np.ndarray, Any]:
-    """(KID features in index order, merged FeatureMoments) from range results in any order.
-    Moments are merged block by block in index order, so the sums do not depend on the split."""
+    """(KID features in index order, merged FeatureMoments or None) from range results in any
+    order. Moments are merged block by block in index order: the sums do not depend on the split."""
     results = sorted(results, key=lambda r: r.block_start)
     covered = [b for r in results for b in range(r.block_start, r.block_stop)]
     if covered != list(range(spec.num_blocks)):
         raise RuntimeError(f"evaluation results cover blocks {covered[:5]}..., not 0..{spec.num_blocks - 1}")
-    moments = functools.reduce(lambda a, b: a.merge(b), [m for r in results for m in r.moments])
+    blocks = [m for r in results for m in r.moments]
+    moments = functools.reduce(lambda a, b: a.merge(b), blocks) if blocks else None
     return np.concatenate([r.features for r in results]), moments
 
 
-def metrics(spec: EvalSpec, features: np.ndarray, moments, reference: np.ndarray) -> dict:
-    """KID (generated features vs reference) and FD (merged moments vs reference moments)."""
+def metrics(features: np.ndarray, moments, reference: np.ndarray) -> dict:
+    """KID (generated features vs reference) and FD (merged moments, or the features' own if
+    None, vs the reference's), by pipeline.metrics (float64 NumPy)."""
     from pipeline import metrics as m
 
-    ref_moments = m.FeatureMoments.from_features(reference)
-    return {
-        "kid": float(m.kid(features, reference)),
-        "fd": float(m.frechet_distance(moments, ref_moments)),
-    }
+    moments = moments if moments is not None else m.FeatureMoments.from_features(features)
+    kid, kid_std = m.kid_with_std(features, reference)
+    return {"kid": kid, "kid_std": kid_std, "fd": m.frechet_distance(moments, m.FeatureMoments.from_features(reference))}
 
 
 def evaluate_local(spec: EvalSpec, progress: Callable[[int], None] | None = None) -> dict:
@@ -342,7 +344,7 @@ def evaluate_local(spec: EvalSpec, progress: Callable[[int], None] | None = None
     ev = Evaluator(spec)
     result = ev.run(0, spec.num_blocks, progress)
     features, moments = merge(spec, [result])
-    return metrics(spec, features, moments, ev.reference())
+    return metrics(features, moments, ev.reference())
 
 
 # ----------------------------------------------------------------------------------------
@@ -394,3 +396,44 @@ def analytic_problem(means, stds, weights, schedule: str = "cosine", reference_s
         features=features,
         label="samples" if features is None else "features",
     )
+
+
+def _identity():
+    return lambda x: x
+
+
+def _load_teacher(run_dir):
+    from pipeline.train import load_teacher
+
+    return load_teacher(run_dir)
+
+
+def _digit_features(cache_dir):
+    from pipeline.models.classifier import feature_fn, load_or_train_feature_net
+
+    return feature_fn(load_or_train_feature_net(cache_dir))
+
+
+def _digits_reference(feature_fn):
+    """Features of the digits test split (the reference of FD/KID on digits)."""
+    from pipeline.data.digits import load_digits
+
+    images, _ = load_digits("test")
+    return np.asarray(feature_fn(images))
+
+
+def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False) -> Problem:
+    """A trained teacher (pipeline.train.load_teacher) in its data set's feature space: the
+    digit classifier's penultimate layer for digits (label "digit-classifier"), or with
+    inception=True the images themselves, for the driver to put through Inception."""
+    from pipeline import rundir
+
+    run_dir, cache_dir = os.path.abspath(run_dir), os.path.abspath(cache_dir)
+    data = (rundir.read_config(run_dir).get("data") or {}).get("name", "digits")
+    model = functools.partial(_load_teacher, run_dir)
+    if data != "digits":
+        raise UserError(f"no reference set for data set {data!r}")
+    if inception:
+        return Problem(model, reference=_digits_reference, features=_identity, label="inception", moments=False)
+    return Problem(model, reference=_digits_reference, features=functools.partial(_digit_features, cache_dir),
+                   label="digit-classifier", prepare=functools.partial(_digit_features, cache_dir))

@@ -96,6 +96,18 @@ def test_fd_sees_a_wrong_sampler():
     assert bad["fd"] > 5 * good["fd"]
 
 
+def test_ggdm_artefact_of_ddim_evaluates_like_ddim(tmp_path):
+    """ggdm:PATH loads a DDSS artefact (pipeline.ddss); GGDM initialised at DDIM is DDIM."""
+    from pipeline import ddss
+
+    path = ddss.save_artefact(tmp_path / "sampler", ddss.init_params(6, "ggdm+pred", "cosine", "quadratic"), {})
+    ddim = E.evaluate_local(E.EvalSpec(PROBLEM, "ddim", steps=6, num_samples=96, batch_size=32))
+    ggdm = E.evaluate_local(E.EvalSpec(PROBLEM, f"ggdm:{path}", steps=6, num_samples=96, batch_size=32))
+    assert ggdm["fd"] == pytest.approx(ddim["fd"], rel=1e-3) and ggdm["kid"] == pytest.approx(ddim["kid"], rel=1e-2)
+    with pytest.raises(UserError, match="made for 6 steps"):
+        E.Evaluator(E.EvalSpec(PROBLEM, f"ggdm:{path}", steps=5, num_samples=8))
+
+
 def test_bad_input_is_one_line():
     with pytest.raises(UserError, match="no-such-sampler"):
         E.Evaluator(E.EvalSpec(PROBLEM, "no-such-sampler", steps=4, num_samples=8))

@@ -58,6 +58,19 @@ class PoolStats:
 
     actors_started: int = 0
     retried: int = 0
+    done: list = dataclasses.field(default_factory=list)  # (perf_counter time, samples, actor number) per range
+
+    def steady_rate(self) -> float | None:
+        """Samples/s once every actor that finished work had finished its first range (start-up
+        and compilation excluded); None if too few ranges to tell."""
+        first: dict = {}
+        for t, _, a in self.done:
+            first.setdefault(a, t)
+        t0 = max(first.values(), default=None)
+        later = [(t, n) for t, n, _ in self.done if t > t0] if t0 is not None else []
+        if not later:
+            return None
+        return sum(n for _, n in later) / (max(t for t, _ in later) - t0)
 
 
 def _is_lost(e: BaseException) -> bool:
@@ -121,11 +134,13 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
     busy: dict = {}  # result ref -> (actor, unit)
     idle: list = []
     node_of: dict = {}  # actor -> its node id
+    number: dict = {}  # actor -> the order it was started in
     results, reference, failures = [], None, 0
 
     def start_actor():
         core = stats.actors_started % (os.cpu_count() or 1) if pin_cores else None
         actor = Actor.options(**opts).remote(spec, core)
+        number[actor] = stats.actors_started
         stats.actors_started += 1
         starting[actor.ready.remote()] = actor
 
@@ -180,6 +195,7 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
             results.append(value)
             start, _ = spec.block_range(value.block_start)
             _, stop = spec.block_range(value.block_stop - 1)
+            stats.done.append((time.perf_counter(), stop - start, number[actor]))
             bar.update(stop - start)
             if on_range_done is not None:
                 on_range_done({"done": bar.n, "busy": [(a, node_of[a]) for a, _ in busy.values()]})
@@ -190,21 +206,46 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
     return results, reference, stats
 
 
-def evaluate(spec, *, workers: int, address: str | None = None, **pool_kw) -> dict:
+def score(features, moments, reference, backend: str = "jax", inception_path=None) -> dict:
+    """{"kid", "kid_std", "fd"} of generated vs reference features: by pipeline.metrics
+    (backend "jax", FD from the merged moments) or by tensorflow-gan in its own venv ("tfgan",
+    from the features). With inception_path, features and reference are images first put
+    through tensorflow-gan's Inception (FD is then FID)."""
+    from pipeline.evaluate import metrics
+
+    if inception_path is not None:
+        from pipeline.distributed.tfgan_backend import tfgan_inception_activations
+
+        features = tfgan_inception_activations(features, inception_path)
+        reference = tfgan_inception_activations(reference, inception_path)
+        moments = None
+    if backend == "tfgan":
+        from pipeline.distributed.tfgan_backend import tfgan_metrics
+
+        r = tfgan_metrics(features, reference)
+        return {"kid": float(r["kid"]), "kid_std": float(r["kid_std"]), "fd": float(r["fid"])}
+    return metrics(features, moments, reference)
+
+
+def evaluate(spec, *, workers: int, address: str | None = None, backend: str = "jax", inception_path=None,
+             **pool_kw) -> dict:
     """Evaluate `spec` on a pool of `workers` actors (joining `address`, else a local Ray):
-    {"kid", "fd", "num_samples", "workers", "wall_s", "samples_per_s", ...}."""
+    {"kid", "kid_std", "fd", "num_samples", "workers", "wall_s", "samples_per_s", ...}.
+    wall_s covers the pool (actor start, generation, features), not the final scoring."""
     from pipeline.distributed.ray_init import ensure_ray
-    from pipeline.evaluate import merge, metrics
+    from pipeline.evaluate import merge
 
     ensure_ray(address)
+    if spec.problem.prepare is not None:
+        spec.problem.prepare()  # e.g. train the feature network once, not in every actor
     t0 = time.perf_counter()
     results, reference, stats = run_pool(spec, workers=workers, **pool_kw)
     features, moments = merge(spec, results)
     wall = time.perf_counter() - t0
-    out = metrics(spec, features, moments, reference)
+    out = score(features, moments, reference, backend, inception_path)
     out.update(num_samples=spec.num_samples, kid_samples=int(features.shape[0]), reference_samples=int(reference.shape[0]),
                workers=workers, wall_s=wall, samples_per_s=spec.num_samples / wall,
-               actors_started=stats.actors_started, retried=stats.retried)
+               steady_samples_per_s=stats.steady_rate(), actors_started=stats.actors_started, retried=stats.retried)
     return out
 
 
@@ -222,10 +263,10 @@ def run_evaluation(cfg, address: str | None = None, progress: bool = True) -> di
     results_dir = os.path.abspath(cfg.results_dir or teacher)
     if not os.path.isdir(results_dir):
         raise UserError(f"results directory not found: {cfg.results_dir}")
-    name, _ = split_sampler(cfg.sampler)
+    name, artefact = split_sampler(cfg.sampler)
     samplers.get(name)  # one line naming the valid samplers
     ensure_ray(address)
-    problem = teacher_problem(teacher, cfg)
+    problem = teacher_problem(teacher, cfg.cache_dir, inception=cfg.inception_path is not None)
     spec = EvalSpec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride, w=cfg.w,
                     batch_size=cfg.batch_size, kid_samples=cfg.kid_samples)
     resources = {"CPU": cfg.worker_cpus}
@@ -234,9 +275,11 @@ def run_evaluation(cfg, address: str | None = None, progress: bool = True) -> di
     if cfg.worker_tpus:
         resources["TPU"] = cfg.worker_tpus
     out = evaluate(spec, workers=cfg.workers, resources=resources, pin_cores=cfg.pin_cores,
-                   max_failures=cfg.max_failures, progress=progress)
-    row = {"method": cfg.sampler, "sampler": cfg.sampler, "steps": cfg.steps, "nfe": samplers.nfe(name, cfg.steps),
-           "stride": cfg.stride, "w": cfg.w, "seed": cfg.seed, "features": problem.label,
+                   max_failures=cfg.max_failures, progress=progress, backend=cfg.metrics_backend,
+                   inception_path=cfg.inception_path)
+    method = name if artefact is None else f"{name}:{os.path.basename(artefact.rstrip('/'))}"
+    row = {"method": method, "sampler": cfg.sampler, "steps": cfg.steps, "nfe": samplers.nfe(name, cfg.steps),
+           "stride": cfg.stride, "w": cfg.w, "seed": cfg.seed, "features": problem.label, "teacher": teacher,
            "metrics_backend": cfg.metrics_backend, "time": time.time(), **out}
     rundir.update_results(results_dir, {"evaluations": {cfg.result_key(): row}})
     return row
