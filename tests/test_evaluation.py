@@ -18,6 +18,7 @@ import pytest
 import scipy.linalg
 
 from pipeline import evaluate as E
+from pipeline.distributed.tfgan_backend import DEFAULT_VENV
 from pipeline.errors import UserError
 
 MEANS = [[-2.0, 0.0, 1.0], [2.0, 1.0, -1.0], [0.0, -2.0, 0.0]]
@@ -163,6 +164,19 @@ def test_user_error_in_an_actor_is_one_line(local_ray):
     with pytest.raises(UserError, match="takes no artefact"):
         evaluation.evaluate(E.EvalSpec(PROBLEM, "ddim:x", steps=4, num_samples=8), workers=1,
                             resources=HALF_CPU, progress=False)
+
+
+@pytest.mark.ray
+@pytest.mark.tfgan
+@pytest.mark.skipif(not (DEFAULT_VENV / "bin" / "python").exists(), reason="tensorflow-gan venv missing: make tfgan-venv")
+def test_tfgan_backend_scores_as_pipeline_metrics(local_ray, local_result):
+    """--metrics-backend tfgan: tensorflow-gan's KID and FID (its own venv) on the same features."""
+    from pipeline.distributed.evaluation import score
+
+    x, ref = local_result["samples"], local_result["reference"]
+    ours, theirs = score(x, None, ref, "jax"), score(x, None, ref, "tfgan")
+    assert theirs["kid"] == pytest.approx(ours["kid"], rel=1e-4)
+    assert theirs["fd"] == pytest.approx(ours["fd"], rel=1e-4)
 
 
 NODE_LOSS = textwrap.dedent("""
