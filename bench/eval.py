@@ -1,12 +1,14 @@
 """Evaluation throughput: samples/s of `ddss evaluate` with 1 and 2 Ray actors, each held to
 one CPU core, on the digits teacher at K=10 (goal: 2 workers >= 1.7x one).
 
-    .venv/bin/python bench/eval.py [--teacher RUN_DIR] [--num-samples 2000] [--steps 10]
+    .venv/bin/python bench/eval.py [--teacher RUN_DIR] [--num-samples 6000] [--steps 10]
 
 Without --teacher it trains a small digits teacher once under bench/out/teacher (the speed
 does not depend on how well it is trained, only on the network). Reports the end-to-end rate
-(actor start-up, teacher load and compilation included) and the steady rate (after every
-actor has finished its first block). Writes bench/out/eval.json and prints a table.
+(actor start-up, teacher load and compilation included), the steady rate (after every
+actor has finished its first block), samples per CPU-second of the actors and the cores'
+worth of CPU they got (below W means other processes took the rest). Writes
+bench/out/eval.json and prints a table.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", help="a trained digits teacher run (default: train one in bench/out/teacher)")
     p.add_argument("--train-steps", type=int, default=300)
-    p.add_argument("--num-samples", type=int, default=2000)
+    p.add_argument("--num-samples", type=int, default=6000)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--batch-size", type=int, default=100)
@@ -61,7 +63,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         out = evaluate(spec, workers=w, resources={"CPU": 1}, pin_cores=True, progress=True)
         rows.append({"workers": w, "samples_per_s": out["samples_per_s"], "steady_samples_per_s": out["steady_samples_per_s"],
-                     "wall_s": out["wall_s"], "total_s": time.perf_counter() - t0, "kid": out["kid"], "fd": out["fd"]})
+                     "wall_s": out["wall_s"], "total_s": time.perf_counter() - t0, "kid": out["kid"], "fd": out["fd"],
+                     "samples_per_cpu_s": out["samples_per_cpu_s"],
+                     # the cores' worth of CPU the actors got while generating (contention shows here)
+                     "cores_used": (out["steady_samples_per_s"] or out["samples_per_s"]) / out["samples_per_cpu_s"]})
     base = rows[0]
     for r in rows:
         r["speedup"] = r["samples_per_s"] / base["samples_per_s"]
@@ -79,11 +84,13 @@ def main(argv=None) -> int:
 
     atomic_write_text(os.path.join(OUT, "eval.json"), json.dumps(result, indent=2) + "\n")
     print(f"\nevaluation throughput, {args.sampler} K={args.steps}, N={args.num_samples}, one core per actor")
-    print(f"{'workers':>7} {'samples/s':>10} {'speedup':>8} {'steady/s':>9} {'steady x':>9} {'wall s':>7} {'KID':>8} {'FD':>8}")
+    print(f"{'workers':>7} {'samples/s':>10} {'speedup':>8} {'steady/s':>9} {'steady x':>9} {'per CPU-s':>9} "
+          f"{'cores':>6} {'wall s':>7} {'KID':>8} {'FD':>8}")
     for r in rows:
         st = "-" if r["steady_samples_per_s"] is None else f"{r['steady_samples_per_s']:.1f}"
         sx = "-" if r["steady_speedup"] is None else f"{r['steady_speedup']:.2f}"
-        print(f"{r['workers']:>7} {r['samples_per_s']:>10.1f} {r['speedup']:>8.2f} {st:>9} {sx:>9} {r['wall_s']:>7.1f} "
+        print(f"{r['workers']:>7} {r['samples_per_s']:>10.1f} {r['speedup']:>8.2f} {st:>9} {sx:>9} "
+              f"{r['samples_per_cpu_s']:>9.1f} {r['cores_used']:>6.2f} {r['wall_s']:>7.1f} "
               f"{r['kid']:>8.4f} {r['fd']:>8.3f}")
     return 0
 

@@ -210,6 +210,7 @@ class RangeResult:
     block_stop: int
     features: np.ndarray
     moments: list
+    cpu_s: float = 0.0  # CPU time the worker process spent on it
 
 
 def ranges(spec: EvalSpec, blocks_per_range: int = 1) -> list[tuple[int, int]]:
@@ -294,8 +295,11 @@ class Evaluator:
 
     def run(self, block_start: int, block_stop: int, progress: Callable[[int], None] | None = None) -> RangeResult:
         """Features and per-block moments of blocks [block_start, block_stop)."""
+        import time
+
         from pipeline.metrics import FeatureMoments
 
+        cpu0 = time.process_time()
         feats, moments = [], []
         for b in range(block_start, block_stop):
             start, stop = self.spec.block_range(b)
@@ -306,7 +310,7 @@ class Evaluator:
             feats.append(f[:keep])
             if progress is not None:
                 progress(stop - start)
-        return RangeResult(block_start, block_stop, np.concatenate(feats), moments)
+        return RangeResult(block_start, block_stop, np.concatenate(feats), moments, time.process_time() - cpu0)
 
     def reference(self) -> np.ndarray:
         """The reference features [M, F] of the problem, in this evaluator's feature space."""

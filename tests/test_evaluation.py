@@ -166,6 +166,41 @@ def test_user_error_in_an_actor_is_one_line(local_ray):
                             resources=HALF_CPU, progress=False)
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A two-step digits teacher with a very small U-Net (its samples are noise: only the
+    plumbing is under test here)."""
+    from pipeline import config, rundir, train
+    from pipeline.distributed.spmd import run_spmd
+
+    run_dir = str(tmp_path_factory.mktemp("teacher"))
+    cfg = train.load_config({"model": {"kwargs": {"ch": 8, "ch_mult": [1]}},
+                             "train": {"steps": 2, "batch_size": 16, "checkpoint_every": 2}})
+    rundir.write_config(run_dir, cfg)
+    run_spmd(train.teacher_loop, {"config": config.to_dict(cfg)}, num_workers=0, run_dir=run_dir)
+    return run_dir
+
+
+@pytest.mark.ray
+def test_ddss_evaluate_cli_appends_to_results_json(tiny_teacher, local_ray, capsys):
+    """`ddss evaluate` on a digits teacher: digit-classifier features against the test split,
+    one row in the teacher's results.json; the same command again gives the same numbers."""
+    from pipeline import cli, rundir
+
+    argv = ["evaluate", "--teacher", tiny_teacher, "--sampler", "ddim", "--steps", "2", "--num-samples", "24",
+            "--batch-size", "12", "--workers", "1", "--w", "0.5"]
+    assert cli.main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    (key, row), = rundir.read_results(tiny_teacher)["evaluations"].items()
+    assert key == "ddim K=2 quadratic w=0.5 n=24 seed=0 jax"
+    assert row["features"] == "digit-classifier" and row["reference_samples"] == 359 and row["nfe"] == 2
+    assert row["kid"] == first["kid"] and row["fd"] == first["fd"] > 0
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["fd"] == first["fd"]
+    assert cli.main(["evaluate", "--teacher", tiny_teacher + "-missing"]) == 2
+    assert "teacher run directory not found" in capsys.readouterr().err
+
+
 @pytest.mark.ray
 @pytest.mark.tfgan
 @pytest.mark.skipif(not (DEFAULT_VENV / "bin" / "python").exists(), reason="tensorflow-gan venv missing: make tfgan-venv")

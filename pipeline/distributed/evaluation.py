@@ -59,6 +59,7 @@ class PoolStats:
     actors_started: int = 0
     retried: int = 0
     done: list = dataclasses.field(default_factory=list)  # (perf_counter time, samples, actor number) per range
+    cpu_s: float = 0.0  # CPU time the actors spent generating and featurizing
 
     def steady_rate(self) -> float | None:
         """Samples/s once every actor that finished work had finished its first range (start-up
@@ -196,6 +197,7 @@ def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | N
             start, _ = spec.block_range(value.block_start)
             _, stop = spec.block_range(value.block_stop - 1)
             stats.done.append((time.perf_counter(), stop - start, number[actor]))
+            stats.cpu_s += value.cpu_s
             bar.update(stop - start)
             if on_range_done is not None:
                 on_range_done({"done": bar.n, "busy": [(a, node_of[a]) for a, _ in busy.values()]})
@@ -245,7 +247,8 @@ def evaluate(spec, *, workers: int, address: str | None = None, backend: str = "
     out = score(features, moments, reference, backend, inception_path)
     out.update(num_samples=spec.num_samples, kid_samples=int(features.shape[0]), reference_samples=int(reference.shape[0]),
                workers=workers, wall_s=wall, samples_per_s=spec.num_samples / wall,
-               steady_samples_per_s=stats.steady_rate(), actors_started=stats.actors_started, retried=stats.retried)
+               steady_samples_per_s=stats.steady_rate(), samples_per_cpu_s=spec.num_samples / stats.cpu_s,
+               actors_started=stats.actors_started, retried=stats.retried)
     return out
 
 
