@@ -134,3 +134,4 @@ def test_local_default_binds_to_loopback():
     assert local["provider"]["head_ip"] == "127.0.0.1"
     head = " ".join(local["head_start_ray_commands"])
     assert "--node-ip-address=127.0.0.1" in head and "--dashboard-host=127.0.0.1" in head
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in head  # single-machine mode: all ports on loopback

@@ -40,7 +40,7 @@ def _head_processes(temp_dir: str) -> list[psutil.Process]:
     procs = {}
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(temp_dir in arg for arg in p.info["cmdline"] or []):
+            if p.pid != os.getpid() and any(temp_dir in arg for arg in p.info["cmdline"] or []):
                 procs[p.pid] = p
                 for c in p.children(recursive=True):
                     procs[c.pid] = c
@@ -69,7 +69,9 @@ def head():
     """A Ray head on 127.0.0.1 with its dashboard (the job server) on a free port."""
     temp_dir = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths are limited
     gcs, dash, agent, metrics, client, rt_env, agent_grpc = _free_ports(7)
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", PATH=f"{VENV_BIN}:{os.environ['PATH']}")
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray's single-machine mode, every port on loopback
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               PATH=f"{VENV_BIN}:{os.environ['PATH']}")
     env.pop("RAY_ADDRESS", None)
     cmd = [
         str(VENV_BIN / "ray"), "start", "--head", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
@@ -123,6 +125,18 @@ def test_ddss_jobs_stop_stops_a_running_job(head, capsys, monkeypatch):
     while jobs_client.status(c, job_id) not in jobs_client.TERMINAL and time.time() < deadline:
         time.sleep(0.5)
     assert jobs_client.status(c, job_id) == "STOPPED"
+
+
+def test_head_listens_on_loopback_only(head):
+    ports = [c.laddr for p in _head_processes(head["temp_dir"]) for c in _listening(p)]
+    assert ports and all(a.ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for a in ports), ports
+
+
+def _listening(p: psutil.Process):
+    try:
+        return [c for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
 
 
 def test_plain_ray_job_submit_runs_the_job_file(head):
