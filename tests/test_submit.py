@@ -171,6 +171,8 @@ def test_job_config_is_checked_before_upload(tmp_path, capsys):
     finally:
         bad.unlink()
     assert rc == 2 and "unknown config key 'colour'" in err
+    rc, _, err = _ddss(capsys, "submit", "tiny", "--address", "http://127.0.0.1:1", "--", "--set", "tasks=0")
+    assert rc == 2 and "'tasks'" in err and "[1, 1000]" in err
 
 
 def test_entrypoint_and_excludes():

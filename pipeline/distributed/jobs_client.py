@@ -50,15 +50,19 @@ def import_job(name: str, root: Path | None = None):
     return module
 
 
-def check_job_config(name: str, config_path: str, root: Path | None = None):
-    """Validate `config_path` (relative to root) with jobs/NAME.py's load_config, if it has one."""
+def check_job_config(name: str, config_path: str, root: Path | None = None, extra_args=()):
+    """Validate `config_path` (relative to root) and the --set overrides among extra_args with
+    jobs/NAME.py's load_config, if it has one."""
     root = root or project_root()
     job = import_job(name, root)
     path = root / config_path
     if not path.is_file():
         raise UserError(f"config {config_path} not found under {root}")
     loader = getattr(job, "load_config", None)
-    return loader(str(path)) if loader is not None else None
+    if loader is None:
+        return None
+    known, _ = _job_parser("", config_path).parse_known_args(list(extra_args))
+    return loader(str(path), _overrides(known.set))
 
 
 def entrypoint(name: str, config_path: str | None = None, extra_args=()) -> str:
@@ -96,7 +100,7 @@ def submit(name: str, address: str | None, extra_args=(), config_path: str | Non
 
     root = root or project_root()
     config_path = config_path or f"configs/{name}.yaml"
-    check_job_config(name, config_path, root)
+    check_job_config(name, config_path, root, extra_args)
     c = client(address)
     job_id = c.submit_job(
         entrypoint=entrypoint(name, config_path, extra_args),
@@ -137,24 +141,32 @@ def info_line(c, job_id: str) -> str:
     return f"{job_id}  {info.status.value}  {info.entrypoint}{msg}"
 
 
-def parse_job_args(argv, description: str, default_config: str) -> tuple[str, dict]:
-    """A job's command line: --config PATH and --set KEY=VALUE overrides (values read as YAML,
-    dotted keys for nested sections). Returns (config path, overrides)."""
+def _job_parser(description: str, default_config: str):
     import argparse
-
-    import yaml
 
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", default=default_config, help=f"YAML config (default {default_config})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key")
-    args = p.parse_args(argv)
+    return p
+
+
+def _overrides(items) -> dict:
+    import yaml
+
     overrides = {}
-    for item in args.set:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
-    return args.config, overrides
+    return overrides
+
+
+def parse_job_args(argv, description: str, default_config: str) -> tuple[str, dict]:
+    """A job's command line: --config PATH and --set KEY=VALUE overrides (values read as YAML,
+    dotted keys for nested sections). Returns (config path, overrides)."""
+    args = _job_parser(description, default_config).parse_args(argv)
+    return args.config, _overrides(args.set)
 
 
 def run_job(main, argv=None) -> int:
