@@ -41,8 +41,8 @@ class Chain:
     feature_fn: Callable
     w: float | None = None
 
-    def samples(self, params, key, idx, remat: bool = False):
-        """x_0 [B, ...] of the global sample indices idx [B] (rematerialised steps if remat)."""
+    def samples(self, params, key, idx, remat: str = "none"):
+        """x_0 [B, ...] of the global sample indices idx [B]; remat: how backprop saves memory (ggdm.REMAT)."""
         kx, kn = sample_keys(key, idx)
         shape = tuple(self.model.data_shape)
         x_T = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(kx)
@@ -54,13 +54,13 @@ class Chain:
                              params=params, remat=remat)
         return x0
 
-    def features(self, params, key, idx, remat: bool = False):
+    def features(self, params, key, idx, remat: str = "none"):
         """Features [B, F] of the samples of idx."""
         x0 = self.samples(params, key, idx, remat)
         return self.feature_fn(x0).reshape(x0.shape[0], -1)
 
 
-def kid_loss(chain: Chain, reference, mesh, remat: bool = True) -> Callable:
+def kid_loss(chain: Chain, reference, mesh, remat: str = "adjoint") -> Callable:
     """loss(params, key, idx) = KID(features of the global batch idx [B], reference [M, F]) (Watson
     et al. 2022, eq. 9), the chains sharded over mesh axis "data" (B divisible by its size), the
     features all-gathered, the loss replicated; jit partitions it (gradients all-reduced)."""

@@ -24,7 +24,7 @@ class SearchConfig:
     train_steps: int = 300
     learning_rate: float = 3e-3
     clip_norm: float = 1.0  # global-norm gradient clipping before Adam
-    remat: bool = True  # rematerialise each sampler step in backprop (memory flat in K)
+    remat: str = "adjoint"  # backprop memory: adjoint O(K) | step (jax.checkpoint per step) O(K^2) | none
     eval_every: int = 50  # validation FD/KID every this many steps (and at the end)
     eval_samples: int = 1000  # validation samples, drawn from held-out seeds
     select_by: str = "kid"  # the validation metric that picks the best parameters
@@ -43,6 +43,7 @@ class SearchConfig:
         config.check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         config.check(self.variant in ggdm.VARIANTS, "variant", f"must be one of {', '.join(ggdm.VARIANTS)}, got {self.variant!r}")
         config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}, got {self.stride!r}")
+        config.check(self.remat in ggdm.REMAT, "remat", f"must be one of {', '.join(ggdm.REMAT)}, got {self.remat!r}")
         config.check(self.batch_size >= 2, "batch_size", f"must be >= 2 (KID needs two samples), got {self.batch_size}")
         config.check(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
         config.check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")

@@ -19,6 +19,8 @@ x0_hat replaced by x_0). Variants (the parameter pytree's keys say which one it 
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,37 +125,107 @@ def marginals(params, sched):
     return a, jnp.sqrt(jnp.sum(noise**2, axis=1)).at[0].set(sched.sigma(tau0))
 
 
+REMAT = ("none", "step", "adjoint")
+
+
+def coefficients(params, sched) -> dict:
+    """Everything a chain needs, per step: model times tau, marginals a and sqrt(v), the masked
+    mixing matrices mu_x and mu_pred, the noise scales sigma (differentiable in params)."""
+    a, sqrt_v = marginals(params, sched)
+    mu_x, mu_pred = mixing(params)
+    return {"tau": model_times(params), "a": a, "sqrt_v": sqrt_v, "mu_x": mu_x, "mu_pred": mu_pred, "sigma": params["sigma"]}
+
+
+def _predict(eps_fn, x, tau, a, sqrt_v):
+    """x0_hat = (x - sqrt(v) eps(x, tau)) / a: the model's data prediction in GGDM's marginals."""
+    return x0_from_eps(x, eps_fn(x, batch_times(tau, x)), a, sqrt_v)
+
+
+def _chain(eps_fn, c, x_T, key, keep_preds: bool, remat: bool):
+    """The forward chain; its final state holds x (the sample), xs (states 0..K-1) and, when
+    keep_preds, preds (the K predictions)."""
+    K = c["sigma"].shape[0]
+
+    def step(state, i, t, s):
+        x = state["x"]
+        xs = jax.lax.dynamic_update_index_in_dim(state["xs"], x, i, 0)
+        x0 = _predict(eps_fn, x, c["tau"][i], c["a"][i], c["sqrt_v"][i])
+        out = {"xs": xs}
+        if keep_preds:
+            out["preds"] = jax.lax.dynamic_update_index_in_dim(state["preds"], x0, i, 0)
+            mean = jnp.tensordot(c["mu_x"][i], xs, axes=1) + jnp.tensordot(c["mu_pred"][i], out["preds"], axes=1)
+        else:  # plain GGDM: only the latest prediction
+            mean = jnp.tensordot(c["mu_x"][i], xs, axes=1) + c["mu_pred"][i, i] * x0
+        out["x"] = mean + c["sigma"][i] * noise_like(key, i, x)
+        return out
+
+    hist = jnp.zeros((K,) + x_T.shape, x_T.dtype)
+    init = {"x": x_T, "xs": hist, **({"preds": hist} if keep_preds else {})}
+    return scan_chain(step, init, jnp.zeros(K + 1, x_T.dtype), remat=remat)  # times come from c
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _adjoint_chain(eps_conv, c, x_T, key, consts):
+    """The chain with a hand-written reverse pass: memory O(K) states, not O(K^2) saved histories."""
+    state, bad = _chain(lambda x, t: eps_conv(x, t, *consts), c, x_T, key, True, False)
+    return state["x"], bad
+
+
+def _adjoint_fwd(eps_conv, c, x_T, key, consts):
+    state, bad = _chain(lambda x, t: eps_conv(x, t, *consts), c, x_T, key, True, False)
+    return (state["x"], bad), (c, key, consts, state["xs"], state["preds"])
+
+
+def _adjoint_bwd(eps_conv, res, cotangents):
+    """Reverse sweep over the steps (the adjoint of the linear mixing, and the vjp of each step's
+    prediction, recomputed: gradient rematerialisation, Watson et al. 2022, sec. 4)."""
+    c, key, consts, xs, preds = res
+    g_out = cotangents[0]
+    K = xs.shape[0]
+
+    def along(v):  # [K] coefficients against [K, B, ...] buffers
+        return v.reshape(v.shape + (1,) * (xs.ndim - 1))
+
+    def body(carry, i):
+        g, g_xs, g_preds, g_consts = carry  # g: the complete adjoint of state i + 1
+        z = noise_like(key, i, g)
+        row = (jnp.tensordot(xs, g, axes=g.ndim), jnp.tensordot(preds, g, axes=g.ndim), jnp.vdot(z, g))
+        g_xs = g_xs + along(c["mu_x"][i]) * g[None]
+        g_preds = g_preds + along(c["mu_pred"][i]) * g[None]
+        _, vjp = jax.vjp(lambda x, t, a, sv, cs: _predict(lambda u, v: eps_conv(u, v, *cs), x, t, a, sv),
+                         xs[i], c["tau"][i], c["a"][i], c["sqrt_v"][i], consts)
+        d_x, d_tau, d_a, d_sv, d_consts = vjp(g_preds[i])
+        g_consts = jax.tree.map(jnp.add, g_consts, d_consts)
+        return (g_xs[i] + d_x, g_xs, g_preds, g_consts), row + (d_tau, d_a, d_sv)
+
+    zeros = jnp.zeros_like(xs)
+    init = (g_out, zeros, zeros, jax.tree.map(jnp.zeros_like, consts))
+    (g_T, _, _, g_consts), rows = jax.lax.scan(body, init, jnp.arange(K - 1, -1, -1))
+    d_mu_x, d_mu_pred, d_sigma, d_tau, d_a, d_sv = (r[::-1] for r in rows)
+    d_c = {"tau": d_tau, "a": d_a, "sqrt_v": d_sv, "mu_x": d_mu_x, "mu_pred": d_mu_pred, "sigma": d_sigma}
+    return d_c, g_T, None, g_consts
+
+
+_adjoint_chain.defvjp(_adjoint_fwd, _adjoint_bwd)
+
+
 @register("ggdm", stochastic=True)
-def ggdm(eps_fn, sched, x_T, grid, key=None, params=None, remat: bool = False):
+def ggdm(eps_fn, sched, x_T, grid, key=None, params=None, remat: bool | str = False):
     """GGDM (Watson et al. 2022, eq. 10) with learned params (init_params, load_ggdm); the model
-    times come from params, the grid only fixes K. remat=True rematerialises each step in backprop."""
+    times come from params, the grid only fixes K. remat (for backprop): "none" (False) saves every
+    step's activations; "step" rematerialises each step (jax.checkpoint), saving its carry, which
+    holds the O(K) history: O(K^2) memory; "adjoint" (True) a reverse pass recomputing each step: O(K)."""
     if params is None:
         raise UserError("sampler 'ggdm' needs params=...: make them with ggdm.init_params or load_ggdm(path)")
     variant_of(params)
     K = grid.shape[0] - 1
     if num_steps(params) != K:
         raise UserError(f"GGDM params are for K={num_steps(params)} steps, the sampler was asked for {K}")
-    params = {k: jnp.asarray(v, x_T.dtype) for k, v in params.items()}
-    tau = model_times(params)
-    a, sqrt_v = marginals(params, sched)
-    mu_x, mu_pred = mixing(params)
-    sigma = params["sigma"]
-    all_preds = "mu_pred" in params
-
-    def step(state, i, t, s):
-        x = state["x"]
-        xs = jax.lax.dynamic_update_index_in_dim(state["xs"], x, i, 0)
-        x0 = x0_from_eps(x, eps_fn(x, batch_times(tau[i], x)), a[i], sqrt_v[i])
-        out = {"xs": xs}
-        if all_preds:
-            out["preds"] = jax.lax.dynamic_update_index_in_dim(state["preds"], x0, i, 0)
-            mean = jnp.tensordot(mu_x[i], xs, axes=1) + jnp.tensordot(mu_pred[i], out["preds"], axes=1)
-        else:
-            mean = jnp.tensordot(mu_x[i], xs, axes=1) + mu_pred[i, i] * x0
-        out["x"] = mean + sigma[i] * noise_like(key, i, x)
-        return out
-
-    hist = jnp.zeros((K,) + x_T.shape, x_T.dtype)
-    init = {"x": x_T, "xs": hist, **({"preds": hist} if all_preds else {})}
-    state, bad = scan_chain(step, init, grid, remat=remat)
+    remat = {True: "adjoint", False: "none"}.get(remat, remat)
+    choose("GGDM remat mode", remat, REMAT)
+    c = coefficients({k: jnp.asarray(v, x_T.dtype) for k, v in params.items()}, sched)
+    if remat == "adjoint":
+        eps_conv, consts = jax.closure_convert(eps_fn, x_T, batch_times(c["tau"][0], x_T))
+        return _adjoint_chain(eps_conv, c, x_T, key, consts)
+    state, bad = _chain(eps_fn, c, x_T, key, "mu_pred" in params, remat == "step")
     return state["x"], bad
