@@ -16,8 +16,10 @@ def _images(arr, where):
         return arr.astype(np.float32) / 127.5 - 1.0
     if arr.dtype not in (np.float32, np.float64):
         raise UserError(f"{where}: dtype {arr.dtype} not supported (uint8 in [0, 255] or float32/float64 in [-1, 1])")
-    if arr.size and not (np.all(np.isfinite(arr)) and arr.min() >= -1.0 and arr.max() <= 1.0):
-        raise UserError(f"{where}: float values must be finite and in [-1, 1], got range [{np.nanmin(arr)}, {np.nanmax(arr)}]")
+    if not np.all(np.isfinite(arr)):
+        raise UserError(f"{where}: float values must be finite (found NaN or inf)")
+    if arr.size and (arr.min() < -1.0 or arr.max() > 1.0):
+        raise UserError(f"{where}: float values must be in [-1, 1], got range [{arr.min()}, {arr.max()}]")
     return arr.astype(np.float32)
 
 
