@@ -122,7 +122,7 @@ def test_gradient_matches_finite_differences_in_every_remat_mode():
     p = _random_params(4, "ggdm+pred+time", seed=2)
     p["sigma"] = jnp.abs(p["sigma"])
     g_plain, _ = _grad(p, "none", sched, 1.0)
-    for mode in ("step", "adjoint"):
+    for mode in ("step", "adjoint", "adjoint-unrolled"):
         g, _ = _grad(p, mode, sched, 1.0)
         for k in p:
             np.testing.assert_allclose(np.asarray(g[k]), np.asarray(g_plain[k]), rtol=1e-10, atol=1e-12, err_msg=f"{mode} {k}")

@@ -24,7 +24,7 @@ class SearchConfig:
     train_steps: int = 300
     learning_rate: float = 3e-3
     clip_norm: float = 1.0  # global-norm gradient clipping before Adam
-    remat: str = "adjoint"  # backprop memory: adjoint O(K) | step (jax.checkpoint per step) O(K^2) | none
+    remat: str = "adjoint"  # backprop memory: adjoint O(K) | adjoint-unrolled (faster on CPU, grows with K) | step O(K^2) | none
     eval_every: int = 50  # validation FD/KID every this many steps (and at the end)
     eval_samples: int = 1000  # validation samples, drawn from held-out seeds
     select_by: str = "kid"  # the validation metric that picks the best parameters

@@ -125,7 +125,7 @@ def marginals(params, sched):
     return a, jnp.sqrt(jnp.sum(noise**2, axis=1)).at[0].set(sched.sigma(tau0))
 
 
-REMAT = ("none", "step", "adjoint")
+REMAT = ("none", "step", "adjoint", "adjoint-unrolled")
 
 
 def coefficients(params, sched) -> dict:
@@ -164,21 +164,22 @@ def _chain(eps_fn, c, x_T, key, keep_preds: bool, remat: bool):
     return scan_chain(step, init, jnp.zeros(K + 1, x_T.dtype), remat=remat)  # times come from c
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _adjoint_chain(eps_conv, c, x_T, key, consts):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5))
+def _adjoint_chain(eps_conv, c, x_T, key, consts, unroll):
     """The chain with a hand-written reverse pass: memory O(K) states, not O(K^2) saved histories."""
-    state, bad = _chain(lambda x, t: eps_conv(x, t, *consts), c, x_T, key, True, False)
-    return state["x"], bad
+    return _adjoint_fwd(eps_conv, c, x_T, key, consts, unroll)[0]
 
 
-def _adjoint_fwd(eps_conv, c, x_T, key, consts):
+def _adjoint_fwd(eps_conv, c, x_T, key, consts, unroll):
     state, bad = _chain(lambda x, t: eps_conv(x, t, *consts), c, x_T, key, True, False)
     return (state["x"], bad), (c, key, consts, state["xs"], state["preds"])
 
 
-def _adjoint_bwd(eps_conv, res, cotangents):
+def _adjoint_bwd(eps_conv, unroll, res, cotangents):
     """Reverse sweep over the steps (the adjoint of the linear mixing, and the vjp of each step's
-    prediction, recomputed: gradient rematerialisation, Watson et al. 2022, sec. 4)."""
+    prediction, recomputed: gradient rematerialisation, Watson et al. 2022, sec. 4). unroll=True
+    makes it straight-line code: ~4x faster on XLA:CPU, whose loops run slowly, but XLA then
+    keeps several steps' activations alive, so memory grows with K again."""
     c, key, consts, xs, preds = res
     g_out = cotangents[0]
     K = xs.shape[0]
@@ -200,7 +201,7 @@ def _adjoint_bwd(eps_conv, res, cotangents):
 
     zeros = jnp.zeros_like(xs)
     init = (g_out, zeros, zeros, jax.tree.map(jnp.zeros_like, consts))
-    (g_T, _, _, g_consts), rows = jax.lax.scan(body, init, jnp.arange(K - 1, -1, -1))
+    (g_T, _, _, g_consts), rows = jax.lax.scan(body, init, jnp.arange(K - 1, -1, -1), unroll=unroll)
     d_mu_x, d_mu_pred, d_sigma, d_tau, d_a, d_sv = (r[::-1] for r in rows)
     d_c = {"tau": d_tau, "a": d_a, "sqrt_v": d_sv, "mu_x": d_mu_x, "mu_pred": d_mu_pred, "sigma": d_sigma}
     return d_c, g_T, None, g_consts
@@ -214,7 +215,8 @@ def ggdm(eps_fn, sched, x_T, grid, key=None, params=None, remat: bool | str = Fa
     """GGDM (Watson et al. 2022, eq. 10) with learned params (init_params, load_ggdm); the model
     times come from params, the grid only fixes K. remat (for backprop): "none" (False) saves every
     step's activations; "step" rematerialises each step (jax.checkpoint), saving its carry, which
-    holds the O(K) history: O(K^2) memory; "adjoint" (True) a reverse pass recomputing each step: O(K)."""
+    holds the O(K) history: O(K^2) memory; "adjoint" (True) a reverse pass recomputing each step: O(K)
+    ("adjoint-unrolled": that pass as straight-line code, ~4x faster on CPU, memory growing with K)."""
     if params is None:
         raise UserError("sampler 'ggdm' needs params=...: make them with ggdm.init_params or load_ggdm(path)")
     variant_of(params)
@@ -224,8 +226,8 @@ def ggdm(eps_fn, sched, x_T, grid, key=None, params=None, remat: bool | str = Fa
     remat = {True: "adjoint", False: "none"}.get(remat, remat)
     choose("GGDM remat mode", remat, REMAT)
     c = coefficients({k: jnp.asarray(v, x_T.dtype) for k, v in params.items()}, sched)
-    if remat == "adjoint":
+    if remat.startswith("adjoint"):
         eps_conv, consts = jax.closure_convert(eps_fn, x_T, batch_times(c["tau"][0], x_T))
-        return _adjoint_chain(eps_conv, c, x_T, key, consts)
+        return _adjoint_chain(eps_conv, c, x_T, key, consts, remat == "adjoint-unrolled")
     state, bad = _chain(eps_fn, c, x_T, key, "mu_pred" in params, remat == "step")
     return state["x"], bad
