@@ -1,0 +1,338 @@
+"""Teacher training: a class-conditional eps-prediction diffusion model with classifier-free
+guidance, trained SPMD (the loop runs under pipeline.distributed.spmd or in one process).
+
+Loss (Ho et al. 2020, eq. 14, continuous time as in Kingma et al. 2021):
+    E_{x0, y, t ~ U(0,1), eps} || eps_theta(alpha_t x0 + sigma_t eps, t, y') - eps ||^2,
+y' = the null label with probability p (Ho & Salimans 2022, Alg. 1). Adam, EMA of the weights.
+
+The model is any Flax module named by import path (`model.import_path: "pkg.mod:Class"`,
+`model.kwargs`) with the call contract of pipeline.models.unet.UNet:
+`apply({"params": p}, x [B,H,W,C], t [B], y [B] (num_classes = null), w=None, train=bool)` -> eps.
+
+`load_teacher(run_dir)` gives the trained model (EMA weights) as a `Teacher` for sampling,
+search, distillation and evaluation; `evaluate_teacher` writes its sample grid and FD.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pipeline import config, rundir, schedules
+from pipeline.errors import UserError, choose
+
+# ----------------------------------------------------------------------------------------
+# Config.
+
+DATASETS = ("digits",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    import_path: str = "pipeline.models.unet:UNet"  # "package.module:Class"
+    kwargs: Any = dataclasses.field(default_factory=dict)  # the class's constructor arguments
+
+    def validate(self):
+        module, sep, name = self.import_path.partition(":")
+        config.check(bool(module and sep and name), "model.import_path", f"must be 'package.module:Class', got {self.import_path!r}")
+        config.check(isinstance(self.kwargs, dict) and all(isinstance(k, str) for k in self.kwargs),
+                     "model.kwargs", "must be a mapping of argument names to values")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+
+    def validate(self):
+        config.check(self.name in DATASETS, "data.name", f"must be one of {', '.join(DATASETS)}, got {self.name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 128  # global, over all workers
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1  # probability of the null label (classifier-free guidance)
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+    def validate(self):
+        config.check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
+        config.check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        config.check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        config.check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        config.check(self.grad_clip > 0, "train.grad_clip", f"must be > 0, got {self.grad_clip}")
+        config.check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        config.check(0 <= self.label_dropout <= 1, "train.label_dropout", f"must be in [0, 1], got {self.label_dropout}")
+        config.check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
+        config.check(self.checkpoint_every >= 1, "train.checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        config.check(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """The end-of-training check: a sample grid and FD against the test split."""
+
+    sampler: str = "ddim"
+    steps: int = 256
+    stride: str = "quadratic"
+    guidance: float = 0.0  # w of eps_w = (1 + w) eps(c) - w eps(null); the teacher's default
+    per_class: int = 10  # grid: this many samples of each class
+    fd_samples: int = 1000  # 0: no FD
+    batch_size: int = 500
+    seed: int = 1
+    cache_dir: str = ".cache"  # the digit classifier (FD features) is cached here
+
+    def validate(self):
+        config.check(self.steps >= 1, "sample.steps", f"must be >= 1, got {self.steps}")
+        config.check(self.stride in schedules.STRIDES, "sample.stride", f"must be one of {', '.join(schedules.STRIDES)}")
+        config.check(self.guidance >= 0, "sample.guidance", f"must be >= 0, got {self.guidance}")
+        config.check(self.per_class >= 1, "sample.per_class", f"must be >= 1, got {self.per_class}")
+        config.check(self.fd_samples >= 0, "sample.fd_samples", f"must be >= 0, got {self.fd_samples}")
+        config.check(self.fd_samples != 1, "sample.fd_samples", "FD needs at least 2 samples")
+        config.check(self.batch_size >= 1, "sample.batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    schedule: str = "cosine"
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
+
+    def validate(self):
+        config.check(self.schedule in ("cosine", "linear"), "schedule", f"must be cosine or linear, got {self.schedule!r}")
+
+
+def load_config(source=None, overrides: dict | None = None) -> TeacherConfig:
+    """A TeacherConfig from a YAML path or dict plus dotted overrides, validated."""
+    return config.load(TeacherConfig, source, overrides)
+
+
+# ----------------------------------------------------------------------------------------
+# Model, data, state.
+
+
+def import_object(path: str):
+    """The object named by "package.module:Name"."""
+    module, _, name = path.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"model.import_path {path!r} cannot be imported: {e}") from None
+    return obj
+
+
+def build_model(cfg: ModelConfig, num_classes: int):
+    """The Flax module of the config; its num_classes (if it takes one) must match the data's."""
+    kwargs = dict(cfg.kwargs)
+    if "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
+        raise UserError(f"config key 'model.kwargs.num_classes' is {kwargs['num_classes']}, but the data has {num_classes} classes")
+    for k in ("ch_mult", "attn_resolutions"):  # YAML lists -> the hashable tuples Flax fields need
+        if isinstance(kwargs.get(k), list):
+            kwargs[k] = tuple(kwargs[k])
+    try:
+        return import_object(cfg.import_path)(**kwargs)
+    except TypeError as e:
+        raise UserError(f"config key 'model.kwargs' does not fit {cfg.import_path}: {e}") from None
+
+
+def load_data(cfg: DataConfig, split: str):
+    """(images [N,H,W,C] float32 in [-1, 1], labels [N] int32) of a data set split."""
+    choose("data set", cfg.name, DATASETS)
+    from pipeline.data import load_digits
+
+    images, labels = load_digits(split)
+    return np.asarray(images, np.float32), np.asarray(labels, np.int32)
+
+
+def make_optimizer(cfg: TrainConfig):
+    """Adam with linear warm-up and global-norm gradient clipping."""
+    lr = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(lr))
+
+
+def init_state(model, optimizer, data_shape, seed: int) -> dict:
+    """The training state: params, EMA params, optimizer state, step, base PRNG key data."""
+    key = jax.random.key(seed)
+    x = jnp.zeros((1,) + tuple(data_shape), jnp.float32)
+    params = model.init(jax.random.fold_in(key, 0), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+    return {
+        "params": params,
+        "ema": jax.tree.map(jnp.copy, params),
+        "opt": optimizer.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "key": jax.random.key_data(key),
+    }
+
+
+def abstract_state(model, optimizer, data_shape, sharding) -> dict:
+    """Shapes, dtypes and `sharding` of init_state's pytree (a restore target)."""
+    shapes = jax.eval_shape(lambda: init_state(model, optimizer, data_shape, 0))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def diffusion_loss(params, model, sched, x0, y, key, label_dropout: float, null_label: int):
+    """Eps-prediction loss with t ~ U(0, 1) and labels dropped to `null_label` w.p. label_dropout."""
+    k_t, k_eps, k_drop, k_model = jax.random.split(key, 4)
+    B = x0.shape[0]
+    t = jax.random.uniform(k_t, (B,))
+    eps = jax.random.normal(k_eps, x0.shape)
+    bc = (B,) + (1,) * (x0.ndim - 1)
+    x_t = sched.alpha(t).reshape(bc) * x0 + sched.sigma(t).reshape(bc) * eps
+    y = jnp.where(jax.random.uniform(k_drop, (B,)) < label_dropout, null_label, y)
+    eps_hat = model.apply({"params": params}, x_t, t, y, train=True, rngs={"dropout": k_model})
+    return jnp.mean(jnp.square(eps_hat - eps))
+
+
+def make_train_step(model, sched, optimizer, cfg: TrainConfig, null_label: int):
+    """One step: loss and gradient on the (sharded) global batch, Adam, EMA."""
+
+    def train_step(state, x0, y):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
+        loss, grads = jax.value_and_grad(diffusion_loss)(
+            state["params"], model, sched, x0, y, key, cfg.label_dropout, null_label
+        )
+        updates, opt = optimizer.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        step = state["step"] + 1
+        # EMA with the usual warm-up of its decay, min(decay, (1 + n) / (10 + n))
+        decay = jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
+        return {"params": params, "ema": ema, "opt": opt, "step": step, "key": state["key"]}, loss
+
+    return train_step
+
+
+def batch_indices(seed: int, step: int, n_data: int, batch_size: int) -> np.ndarray:
+    """The data rows of global batch `step`: a function of (seed, step) only."""
+    return np.random.default_rng([seed, step]).integers(0, n_data, batch_size)
+
+
+# ----------------------------------------------------------------------------------------
+# The SPMD loop.
+
+
+def teacher_loop(ctx) -> dict:
+    """Train (or resume) the teacher of ctx.config["config"]; runs in every process."""
+    cfg = load_config(ctx.config["config"])
+    tc = cfg.train
+    if tc.batch_size % ctx.num_devices:
+        raise UserError(f"config key 'train.batch_size' ({tc.batch_size}) must be divisible by the {ctx.num_devices} devices")
+    images, labels = load_data(cfg.data, "train")
+    num_classes = int(labels.max()) + 1
+    model = build_model(cfg.model, num_classes)
+    sched = schedules.get(cfg.schedule)
+    optimizer = make_optimizer(tc)
+
+    ck = ctx.checkpointer(max_to_keep=tc.keep_checkpoints)
+    start = ck.latest_step()
+    if start is None:
+        state = ctx.replicate(jax.device_get(init_state(model, optimizer, images.shape[1:], tc.seed)))
+    else:
+        state = ck.restore(abstract_state(model, optimizer, images.shape[1:], ctx.replicated))
+    start = int(state["step"])
+
+    step_fn = jax.jit(
+        make_train_step(model, sched, optimizer, tc, num_classes),
+        out_shardings=(ctx.replicated, ctx.replicated), donate_argnums=0,
+    )
+    t0, done, loss = time.time(), 0, None
+    with ctx.progress(tc.steps, start, "train") as bar:
+        for step in range(start, tc.steps):
+            idx = batch_indices(tc.seed, step, len(images), tc.batch_size)
+            x0, y = ctx.shard_rows(tc.batch_size, lambda r: (images[idx[r]], labels[idx[r]]))
+            state, loss = step_fn(state, x0, y)
+            done, n = done + 1, step + 1
+            if n % tc.log_every == 0 or n == tc.steps:
+                rate = done / (time.time() - t0)
+                loss_v = float(loss)
+                ctx.report(n, loss=loss_v, steps_per_s=rate, examples_per_s=rate * tc.batch_size)
+                bar.set_postfix(loss=f"{loss_v:.4f}", steps_per_s=f"{rate:.1f}", refresh=False)
+            bar.update(1)
+            if n % tc.checkpoint_every == 0 or n == tc.steps:
+                ck.save(n, state)
+    ck.close()
+    elapsed = time.time() - t0
+    return {
+        "steps": tc.steps,
+        "resumed_from": start,
+        "train_time_s": elapsed,
+        "examples_per_s": done * tc.batch_size / elapsed if done else None,
+        "final_loss": None if loss is None else float(loss),
+        "processes": ctx.process_count,
+        "devices": ctx.num_devices,
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# The trained teacher.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Teacher:
+    """A trained teacher: `eps_fn(y, w)` is the denoiser eps_fn(x, t) for labels y."""
+
+    model: Any
+    params: Any  # the EMA parameters (the model's "params" collection)
+    schedule: schedules.Schedule
+    config: TeacherConfig
+    data_shape: tuple
+    num_classes: int  # the label value num_classes is the null (unconditional) label
+    step: int
+
+    @property
+    def default_w(self) -> float:
+        """The guidance weight eps_fn uses when given none (config sample.guidance)."""
+        return self.config.sample.guidance
+
+    def apply_fn(self, variables, x, t, y, w=None):
+        """The network: eps(x, t, y[, w]) with variables {"params": ...} (pipeline.models.denoiser's contract)."""
+        return self.model.apply(variables, x, t, y, w)
+
+    def eps_fn(self, y, w=None, params=None):
+        """eps_fn(x, t) for labels y ([B] or scalar; None: unconditional) with classifier-free
+        guidance w (None: default_w; 0: the conditional model); params: other parameters of
+        the same model (default: the teacher's EMA parameters)."""
+        from pipeline.models import denoiser
+
+        variables = {"params": self.params if params is None else params}
+        w = self.default_w if w is None else w
+        y = denoiser.null_label(self.num_classes) if y is None else y
+        if np.ndim(w) == 0 and float(w) == 0.0:
+            return denoiser.conditional_eps_fn(self.apply_fn, variables, y)
+        return denoiser.guided_eps_fn(self.apply_fn, variables, y, w, self.num_classes)
+
+
+def load_teacher(run_dir) -> Teacher:
+    """The teacher trained in `run_dir` (its config.yaml and latest checkpoint, EMA weights)."""
+    from pipeline import checkpoint
+
+    run_dir = os.fspath(run_dir)
+    if not os.path.isfile(os.path.join(run_dir, rundir.CONFIG)):
+        raise UserError(f"{run_dir} is not a teacher run directory (no {rundir.CONFIG})")
+    cfg = load_config(rundir.read_config(run_dir))
+    images, labels = load_data(cfg.data, "train")
+    num_classes = int(labels.max()) + 1
+    model = build_model(cfg.model, num_classes)
+    ck_dir = rundir.checkpoint_dir(run_dir)
+    if not os.path.isdir(ck_dir):
+        raise UserError(f"no checkpoint in {ck_dir}: the teacher has not been trained")
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with checkpoint.Checkpointer(ck_dir) as ck:
+        state = ck.restore(abstract_state(model, make_optimizer(cfg.train), images.shape[1:], sharding))
+    return Teacher(model, state["ema"], schedules.get(cfg.schedule), cfg, tuple(images.shape[1:]), num_classes,
+                   int(state["step"]))
