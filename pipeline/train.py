@@ -336,3 +336,58 @@ def load_teacher(run_dir) -> Teacher:
         state = ck.restore(abstract_state(model, make_optimizer(cfg.train), images.shape[1:], sharding))
     return Teacher(model, state["ema"], schedules.get(cfg.schedule), cfg, tuple(images.shape[1:]), num_classes,
                    int(state["step"]))
+
+
+# ----------------------------------------------------------------------------------------
+# The job: train, then check the teacher with a sample grid and FD.
+
+
+def train_teacher(cfg: TeacherConfig, *, run_dir=None, resume: bool = False, workers: int = 0,
+                  address: str | None = None) -> tuple[str, dict]:
+    """Train (or resume) a teacher as an SPMD job on `workers` Ray Train workers (0: in this
+    process), then write a sample grid and FD against the test split; returns (run_dir, results)."""
+    from pipeline.distributed.spmd import run_spmd
+
+    run_dir = rundir.prepare(run_dir, resume=resume, prefix="teacher")
+    if resume:
+        cfg = load_config(rundir.read_config(run_dir))
+    else:
+        rundir.write_config(run_dir, cfg)
+    out = run_spmd(teacher_loop, {"config": config.to_dict(cfg)}, num_workers=workers, run_dir=run_dir,
+                   address=address) or {}
+    out.update(check_teacher(run_dir))
+    rundir.update_results(run_dir, {"train": out})
+    return run_dir, out
+
+
+def check_teacher(run_dir) -> dict:
+    """The end-of-training check of config `sample`: a grid PNG (per_class samples of each
+    class) and FD in digit-classifier features against the test split."""
+    from pipeline import metrics, report, samplers
+    from pipeline.models import classifier
+
+    teacher = load_teacher(run_dir)
+    sc = teacher.config.sample
+    key = jax.random.key(sc.seed)
+
+    def draw(y, k):
+        x_T = jax.random.normal(k, (len(y),) + teacher.data_shape)
+        return np.asarray(samplers.sample(sc.sampler, teacher.eps_fn(jnp.asarray(y)), teacher.schedule, x_T, sc.steps,
+                                          key=jax.random.fold_in(k, 1), stride=sc.stride))
+
+    grid_y = np.repeat(np.arange(teacher.num_classes), sc.per_class).reshape(teacher.num_classes, sc.per_class).T.ravel()
+    report.save_grid(draw(grid_y, key), os.path.join(run_dir, "samples.png"), ncol=teacher.num_classes,
+                     title=f"{sc.sampler}, {sc.steps} steps")
+    out = {"sample_grid": "samples.png", "sampler": sc.sampler, "sample_steps": sc.steps}
+    if sc.fd_samples:
+        params = classifier.load_or_train_feature_net(sc.cache_dir)
+        feats = jax.jit(classifier.feature_fn(params))
+        test_x, _ = load_data(teacher.config.data, "test")
+        gen = []
+        for b in range(0, sc.fd_samples, sc.batch_size):
+            y = np.arange(b, min(b + sc.batch_size, sc.fd_samples)) % teacher.num_classes
+            gen.append(np.asarray(feats(draw(y, jax.random.fold_in(key, 1000 + b)))))
+        gen = np.concatenate(gen)
+        ref = np.asarray(feats(test_x))
+        out.update(fd_test=metrics.frechet_distance(gen, ref), kid_test=metrics.kid(gen, ref), fd_samples=sc.fd_samples)
+    return out
