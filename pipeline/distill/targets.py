@@ -15,11 +15,6 @@ import jax.numpy as jnp
 from pipeline.samplers.steps import data_step
 
 
-def guided(cond, uncond, w):
-    """(1 + w) cond - w uncond: classifier-free guidance with w = 0 the conditional model (Meng et al. 2023, sec. 3)."""
-    return (1.0 + w) * cond - w * uncond
-
-
 def truncated_snr_weight(alpha, sigma):
     """max(alpha^2 / sigma^2, 1): the 'truncated SNR' weight of the x-space loss (Salimans & Ho 2022, sec. 4)."""
     return jnp.maximum(jnp.square(alpha / sigma), 1.0)

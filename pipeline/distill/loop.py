@@ -1,0 +1,124 @@
+"""One distillation round as an SPMD loop: `round_loop(ctx)` runs in every process (Ray Train
+worker or this process) with ctx.config = {"distill": <DistillConfig dict>, "round": r, "root": ROOT}
+and ctx.run_dir = ROOT/round-RR.
+
+The global batch is sharded over all devices; parameters and the teacher are replicated, so
+the gradient is the global-batch gradient. Data rows and every random draw are functions of
+(seed, round, step), so a round resumed from its latest checkpoint ends with the same
+parameters as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from pipeline import checkpoint
+from pipeline.distill import config as dconfig
+from pipeline.distill import losses, rounds
+from pipeline.errors import UserError
+
+
+def make_optimizer(stage: dconfig.StageConfig, grad_clip: float):
+    """Adam, learning rate annealed linearly to 0 over the round, global-norm clipping
+    (Salimans & Ho 2022, appendix; diffusion_distillation's cifar_distill config)."""
+    lr = optax.linear_schedule(stage.lr, 0.0, stage.train_steps)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(lr))
+
+
+def batch_rows(seed: int, r: int, step: int, n_data: int, batch: int) -> np.ndarray:
+    """The data rows of round r's global batch `step`: a function of (seed, r, step) only."""
+    return np.random.default_rng([seed, r, step]).integers(0, n_data, batch)
+
+
+def load_student_params(root: str, r: int, like):
+    """Round r's finished student parameters, read into the structure of `like` (params pytree)."""
+    target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), like)}
+    with checkpoint.Checkpointer(rounds.student_dir(root, r)) as ck:
+        return ck.restore(target)["params"]
+
+
+def make_loss(cfg: dconfig.DistillConfig, r: int, teacher):
+    """The loss of round r: stage 1 (r = 0) or the two-step distillation loss."""
+    sched = teacher.schedule
+    start = losses.t_start(sched, cfg.logsnr_start)
+    common = dict(apply_fn=teacher.apply_fn, sched=sched, w_range=(cfg.w_min, cfg.w_max))
+    if r == 0:
+        return functools.partial(losses.stage1_loss, start=start, **common)
+    grid = losses.student_grid(sched, 2 * cfg.steps_of(r), cfg.stride, start)
+    return functools.partial(losses.round_loss, teacher_grid=jnp.asarray(grid, jnp.float32), **common)
+
+
+def make_train_step(loss_fn, optimizer, seed: int, r: int):
+    """One step on the (sharded) global batch; the step's key is fold_in(key(seed), r, step)."""
+
+    def train_step(state, teacher_params, x0, y):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r), state["step"])
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], teacher_params, x0, y, key)
+        updates, opt = optimizer.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {"params": params, "opt": opt, "step": state["step"] + 1}, loss
+
+    return train_step
+
+
+def round_loop(ctx) -> dict:
+    """Train (or resume) round ctx.config["round"]; returns the round's summary (process 0)."""
+    from pipeline import train
+
+    cfg = dconfig.load(ctx.config["distill"])
+    r, root = int(ctx.config["round"]), ctx.config["root"]
+    stage = cfg.stage(r)
+    if stage.batch % ctx.num_devices:
+        key = "stage1.batch" if r == 0 else "rounds.batch"
+        raise UserError(f"config key {key!r} ({stage.batch}) must be divisible by the {ctx.num_devices} devices")
+    teacher = train.load_teacher(cfg.teacher)
+    images, labels = train.load_data(teacher.config.data, "train")
+    teacher_params = jax.device_get(teacher.params if r == 0 else load_student_params(root, r - 1, teacher.params))
+    optimizer = make_optimizer(stage, cfg.grad_clip)
+
+    def init():
+        return {"params": teacher_params, "opt": optimizer.init(teacher_params), "step": jnp.zeros((), jnp.int32)}
+
+    ck = ctx.checkpointer(max_to_keep=2)
+    if ck.latest_step() is None:
+        state = ctx.replicate(jax.device_get(init()))
+    else:
+        shapes = jax.eval_shape(init)
+        state = ck.restore(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ctx.replicated), shapes))
+    start = int(state["step"])
+    teacher_rep = ctx.replicate(teacher_params)
+    step_fn = jax.jit(
+        make_train_step(make_loss(cfg, r, teacher), optimizer, cfg.seed, r),
+        out_shardings=(ctx.replicated, ctx.replicated), donate_argnums=0,
+    )
+    t0, done, loss = time.time(), 0, None
+    with ctx.progress(stage.train_steps, start, f"round {r} ({cfg.steps_of(r)} steps)") as bar:
+        for step in range(start, stage.train_steps):
+            idx = batch_rows(cfg.seed, r, step, len(images), stage.batch)
+            x0, y = ctx.shard_rows(stage.batch, lambda rows: (images[idx[rows]], labels[idx[rows]]))
+            state, loss = step_fn(state, teacher_rep, x0, y)
+            done, n = done + 1, step + 1
+            if n % cfg.log_every == 0 or n == stage.train_steps:
+                rate = done / (time.time() - t0)
+                loss_v = float(loss)
+                ctx.report(n, round=r, loss=loss_v, steps_per_s=rate)
+                bar.set_postfix(loss=f"{loss_v:.4g}", refresh=False)
+            bar.update(1)
+            if n % cfg.checkpoint_every == 0 or n == stage.train_steps:
+                ck.save(n, state)
+    ck.close()
+    with checkpoint.Checkpointer(rounds.student_dir(root, r), max_to_keep=1) as sk:
+        sk.save(r, {"params": state["params"]})
+    elapsed = time.time() - t0
+    summary = {
+        "round": r, "steps": cfg.steps_of(r), "train_steps": stage.train_steps, "resumed_from": start,
+        "train_time_s": elapsed, "final_loss": None if loss is None else float(loss),
+        "processes": ctx.process_count, "devices": ctx.num_devices,
+    }
+    ctx.update_results({**summary, "finished": True})
+    return summary

@@ -1,0 +1,108 @@
+"""Where the rounds of a distillation live and in which order they may run.
+
+    ROOT/round-00/   stage 1 (w-conditioned student at start_steps steps)
+    ROOT/round-01/   first halving (start_steps / 2 steps) ... down to 1 step
+    ROOT/round-RR/config.yaml      the resolved distillation config plus the round index
+    ROOT/round-RR/checkpoints/     orbax train states (params, Adam state, step), resumed
+    ROOT/round-RR/student/         orbax, the finished student's params (written last)
+    ROOT/round-RR/metrics.jsonl, results.json   ({"round", "steps", "finished": true, ...})
+
+ROOT defaults to <teacher run>/distill. Round r >= 1 starts from round r-1's student, so it
+refuses to run before round r-1 has finished. Nothing here imports JAX or Ray.
+"""
+from __future__ import annotations
+
+import os
+
+from pipeline import rundir
+from pipeline.config import to_dict
+from pipeline.distill.config import DistillConfig
+from pipeline.errors import UserError
+
+STUDENT = "student"
+
+
+def root_dir(cfg: DistillConfig) -> str:
+    """The folder holding every round's run directory."""
+    if not cfg.teacher and not cfg.dir:
+        raise UserError("no teacher: pass --teacher RUN_DIR (the guided teacher's run directory)")
+    return os.path.abspath(cfg.dir or os.path.join(cfg.teacher, "distill"))
+
+
+def round_dir(root: str, r: int) -> str:
+    return os.path.join(root, f"round-{r:02d}")
+
+
+def student_dir(root: str, r: int) -> str:
+    """The orbax directory of round r's finished student parameters."""
+    return os.path.join(round_dir(root, r), STUDENT)
+
+
+def is_finished(root: str, r: int) -> bool:
+    """Round r has written its student and recorded itself finished."""
+    d = round_dir(root, r)
+    return os.path.isdir(d) and bool(rundir.read_results(d).get("finished"))
+
+
+def first_unfinished(root: str, num_rounds: int) -> int:
+    """The first round not yet finished (num_rounds when all are)."""
+    for r in range(num_rounds):
+        if not is_finished(root, r):
+            return r
+    return num_rounds
+
+
+def check_round(cfg: DistillConfig, root: str, r: int):
+    """A one-line UserError unless round r exists in this schedule and round r-1 has finished."""
+    if not 0 <= r < cfg.num_rounds:
+        raise UserError(
+            f"round {r} does not exist: with start_steps={cfg.start_steps} the rounds are 0..{cfg.num_rounds - 1} "
+            f"(round 0 = stage 1 at {cfg.start_steps} steps, round {cfg.num_rounds - 1} = 1 step)"
+        )
+    if r > 0 and not is_finished(root, r - 1):
+        raise UserError(
+            f"round {r} needs round {r - 1} finished first, but {round_dir(root, r - 1)} holds no finished "
+            f"student; run `ddss distill --teacher {cfg.teacher or '...'} --round {r - 1}` (or --until {cfg.steps_of(r)})"
+        )
+
+
+def rounds_until(cfg: DistillConfig, steps: int) -> range:
+    """The rounds that make a student of `steps` sampling steps: 0 .. log2(start_steps / steps)."""
+    if steps < 1 or steps > cfg.start_steps or cfg.start_steps % steps or steps & (steps - 1):
+        raise UserError(
+            f"--until {steps}: the students have start_steps / 2^r steps, a power of two in [1, {cfg.start_steps}]"
+        )
+    return range(0, cfg.start_steps.bit_length() - steps.bit_length() + 1)
+
+
+def round_record(cfg: DistillConfig, r: int) -> dict:
+    """What round r's config.yaml holds: the config, the round index and its step counts."""
+    return {"round": r, "steps": cfg.steps_of(r), "teacher_steps": 2 * cfg.steps_of(r) if r else cfg.steps_of(0),
+            "distill": to_dict(cfg)}
+
+
+def prepare_round(cfg: DistillConfig, root: str, r: int) -> str:
+    """Round r's run directory, created with its config.yaml, or reopened to resume when its
+    config.yaml matches; a directory written by another config is refused with one line."""
+    d = round_dir(root, r)
+    record = round_record(cfg, r)
+    if os.path.isfile(os.path.join(d, rundir.CONFIG)):
+        old = rundir.read_config(d)
+        if old != record:
+            key = _first_difference(old, record)
+            raise UserError(
+                f"{d} was started with another config ({key} differs); resume it with the same config "
+                f"or pass --dir for a new distillation"
+            )
+        return d
+    d = rundir.prepare(d)
+    rundir.write_config(d, record)
+    return d
+
+
+def _first_difference(a, b, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+    return prefix or "the config"
