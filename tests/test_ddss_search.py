@@ -145,7 +145,7 @@ def test_sharded_gradient_on_two_ray_workers_equals_one_process(tmp_path):
     one = run_spmd(_gradient_loop, loop_cfg, num_workers=0, run_dir=tmp_path / "one")
     # The loss is the KID of the chain's features, checked against float64 NumPy.
     assert one["loss"] == pytest.approx(_mmd2_float64(one["features"], one["reference"]), rel=1e-4, abs=1e-7)
-    ray.init(include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1")
+    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1")
     try:
         two = run_spmd(_gradient_loop, loop_cfg, num_workers=2, run_dir=tmp_path / "two")
     finally:

@@ -38,6 +38,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         return
     with _single_machine_mode():
         ray.init(
+            address="local",  # a private Ray, even when a `ray start` head runs on this machine
             num_cpus=num_cpus,
             include_dashboard=dashboard,
             dashboard_host=LOOPBACK,
