@@ -119,13 +119,31 @@ class SpmdContext:
             rundir.update_results(self.run_dir, updates)
 
     def progress(self, total: int, initial: int = 0, desc: str = ""):
-        """A tqdm bar on process 0 (silent elsewhere)."""
+        """A tqdm bar on process 0 (silent elsewhere). Off a terminal (a Ray worker's log, a
+        job's output) it prints a plain line every 10 s instead of redrawing."""
         from tqdm.auto import tqdm
 
+        live = sys.stderr.isatty()
         return tqdm(
-            total=total, initial=initial, desc=desc, disable=not self.is_main, file=sys.stderr,
-            mininterval=1.0, dynamic_ncols=True,
+            total=total, initial=initial, desc=desc, disable=not self.is_main, dynamic_ncols=live,
+            file=sys.stderr if live else _Lines(sys.stderr), mininterval=1.0 if live else 10.0,
+            ascii=not live,
         )
+
+
+class _Lines:
+    """A file for tqdm that turns its carriage-return redraws into whole lines."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, s):
+        s = s.replace("\r", "").strip()
+        if s:
+            self._f.write(s + "\n")
+
+    def flush(self):
+        self._f.flush()
 
 
 def _to_host(v):
