@@ -41,6 +41,9 @@ class Chain:
     feature_fn: Callable
     w: float | None = None
 
+    def __post_init__(self):
+        samplers.get("ggdm")  # loads the sampler registry now, not inside a trace
+
     def samples(self, params, key, idx, remat: str = "none"):
         """x_0 [B, ...] of the global sample indices idx [B]; remat: how backprop saves memory (ggdm.REMAT)."""
         kx, kn = sample_keys(key, idx)

@@ -64,10 +64,11 @@ def make_train_step(chain: Chain, reference, mesh, cfg: SearchConfig):
     def step(state):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state["key"]), TRAIN), state["step"])
         loss, grads = jax.value_and_grad(loss_fn)(state["params"], key, jnp.arange(cfg.batch_size))
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        norm = optax.tree.norm(grads)  # an overflowing norm would make clipping zero the step
+        finite = jnp.isfinite(loss) & jnp.isfinite(norm)
         updates, opt = optimizer.update(grads, state["opt"], state["params"])
         new = {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1}
-        return new, loss, optax.tree.norm(grads), finite
+        return new, loss, norm, finite
 
     return step
 
@@ -125,10 +126,11 @@ def search_loop(ctx) -> dict:
             new, loss, gnorm, finite = train_step(state)
             if not bool(finite):
                 ck.close()
-                what = "loss" if not np.isfinite(float(loss)) else "gradient"
-                raise SearchDiverged(
-                    f"DDSS search diverged at step {n}: non-finite {what}; the last good checkpoint "
-                    f"(step {ck.latest_step()}) stays in {ck.directory}; lower learning_rate or clip_norm")
+                what = "loss" if not np.isfinite(float(loss)) else "gradient (or its norm overflowed)"
+                last = ck.latest_step()
+                kept = f"the last good checkpoint (step {last}) stays in {ck.directory}" if last is not None else "no checkpoint was written yet"
+                raise SearchDiverged(f"DDSS search diverged at step {n}: non-finite {what}; {kept}; "
+                                     "lower learning_rate or clip_norm, or check the model's predictions")
             state = new
             times.append(time.time() - t)
             ctx.report(n, loss=float(loss), grad_norm=float(gnorm), step_s=times[-1])
