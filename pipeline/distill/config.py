@@ -70,3 +70,29 @@ class DistillConfig:
 def load(source=None, overrides: dict | None = None) -> DistillConfig:
     """The distillation config from a YAML path or dict, with dotted-key overrides."""
     return config.load(DistillConfig, source, overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """What `ddss distill` and jobs/distill_round.py run: one round, or the schedule down to
+    `until` steps (from the first unfinished round), on `workers` Ray Train workers."""
+
+    distill: DistillConfig = DistillConfig()
+    round: int = -1  # run this round (-1: run the schedule down to `until` steps)
+    until: int = 1  # with round = -1: the step count of the last student
+    max_rounds: int = 0  # with round = -1: run at most this many rounds (0: all; 1: "the next round")
+    workers: int = 0  # Ray Train workers, one per host (0: in this process, no Ray)
+    worker_gpus: float = 0.0  # GPUs per worker (0: CPU workers)
+
+    def validate(self):
+        config.check(bool(self.distill.teacher), "distill.teacher", "give the teacher's run directory (--teacher RUN_DIR)")
+        config.check(self.round >= -1, "round", f"must be a round index >= 0 (or -1 for the schedule), got {self.round}")
+        config.check(self.round >= 0 or self.until >= 1, "until", f"must be >= 1, got {self.until}")
+        config.check(self.max_rounds >= 0, "max_rounds", f"must be >= 0, got {self.max_rounds}")
+        config.check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        config.check(self.worker_gpus >= 0, "worker_gpus", f"must be >= 0, got {self.worker_gpus}")
+
+
+def load_job(source=None, overrides: dict | None = None) -> JobConfig:
+    """A JobConfig from a YAML path or dict, with dotted-key overrides ("distill.teacher": ...)."""
+    return config.load(JobConfig, source, overrides)

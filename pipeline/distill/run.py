@@ -2,28 +2,32 @@
 each round on the SPMD runner (Ray Train workers, or this process with workers=0)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from pipeline import rundir
 from pipeline.config import to_dict
 from pipeline.distill import rounds
-from pipeline.distill.config import DistillConfig
+from pipeline.distill.config import DistillConfig, JobConfig
 from pipeline.errors import UserError
 
 
-def _check_teacher(cfg: DistillConfig):
+def _checked(cfg: DistillConfig) -> DistillConfig:
+    """cfg with absolute paths (so that every round records the same config), its teacher checked."""
     if not cfg.teacher:
         raise UserError("no teacher: pass --teacher RUN_DIR (the guided teacher's run directory)")
     if not os.path.isfile(os.path.join(cfg.teacher, rundir.CONFIG)):
         raise UserError(f"--teacher {cfg.teacher} is not a teacher run directory (no {rundir.CONFIG})")
+    return dataclasses.replace(cfg, teacher=os.path.abspath(cfg.teacher), dir=cfg.dir and os.path.abspath(cfg.dir))
 
 
-def run_round(cfg: DistillConfig, r: int, *, workers: int = 0, address: str | None = None, log=print) -> dict:
+def run_round(cfg: DistillConfig, r: int, *, workers: int = 0, address: str | None = None,
+              worker_gpus: float = 0.0, log=print) -> dict:
     """Run (or resume, or skip if finished) round r; returns its results.json record."""
     from pipeline.distill.loop import round_loop
     from pipeline.distributed.spmd import run_spmd
 
-    _check_teacher(cfg)
+    cfg = _checked(cfg)
     root = rounds.root_dir(cfg)
     rounds.check_round(cfg, root, r)
     if rounds.is_finished(root, r):
@@ -32,17 +36,29 @@ def run_round(cfg: DistillConfig, r: int, *, workers: int = 0, address: str | No
     d = rounds.prepare_round(cfg, root, r)
     log(f"round {r}: {cfg.steps_of(r)}-step student in {d}")
     run_spmd(round_loop, {"distill": to_dict(cfg), "round": r, "root": root}, num_workers=workers,
-             run_dir=d, address=address)
+             run_dir=d, address=address, resources_per_worker={"GPU": worker_gpus} if worker_gpus else None)
     return rundir.read_results(d)
 
 
-def run_until(cfg: DistillConfig, steps: int, *, workers: int = 0, address: str | None = None, log=print) -> list[dict]:
-    """Run the rounds that make a `steps`-step student, starting at the first unfinished one."""
-    _check_teacher(cfg)
+def run_until(cfg: DistillConfig, steps: int, *, max_rounds: int = 0, workers: int = 0, address: str | None = None,
+              worker_gpus: float = 0.0, log=print) -> list[dict]:
+    """Run the rounds that make a `steps`-step student, starting at the first unfinished one
+    (at most max_rounds of them; 0: all)."""
+    cfg = _checked(cfg)
     wanted = rounds.rounds_until(cfg, steps)
     root = rounds.root_dir(cfg)
-    results = [run_round(cfg, r, workers=workers, address=address, log=log)
-               for r in wanted[rounds.first_unfinished(root, len(wanted)):]]
+    todo = wanted[rounds.first_unfinished(root, len(wanted)):]
+    todo = todo[:max_rounds] if max_rounds else todo
+    results = [run_round(cfg, r, workers=workers, address=address, worker_gpus=worker_gpus, log=log) for r in todo]
     if not results:
         log(f"the {steps}-step student is already finished: {rounds.round_dir(root, wanted[-1])}")
     return results
+
+
+def run_job(job: JobConfig, *, address: str | None = None, log=print) -> list[dict]:
+    """One round (job.round >= 0) or the schedule down to job.until steps (at most job.max_rounds
+    rounds); the records of the rounds run."""
+    kw = dict(workers=job.workers, address=address, worker_gpus=job.worker_gpus, log=log)
+    if job.round >= 0:
+        return [run_round(job.distill, job.round, **kw)]
+    return run_until(job.distill, job.until, max_rounds=job.max_rounds, **kw)

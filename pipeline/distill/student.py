@@ -1,0 +1,91 @@
+"""A finished student, ready to sample: `load_student(path)` and the evaluation artefact loader.
+
+    st = load_student("runs/teacher-x/distill")          # the last finished round, or a round dir
+    eps_fn = st.eps_fn(y, w=2.0)                          # one evaluation per step, guided by w
+    x0 = samplers.sample("student-ddim", eps_fn, st.schedule, x_T, st.steps, grid=st.grid)
+
+Always sample on `st.grid` (the grid the student was distilled on; it starts at t_start < 1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from pipeline import rundir
+from pipeline.distill import config as dconfig
+from pipeline.distill import losses, rounds
+from pipeline.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Student:
+    """A w-conditioned student of `round` (its teacher-like interface: schedule, data_shape,
+    num_classes, eps_fn(y, w))."""
+
+    teacher: Any  # pipeline.train.Teacher: the network, schedule and data of the base teacher
+    params: Any
+    round: int
+    steps: int
+    grid: np.ndarray  # steps + 1 decreasing times from t_start to 0
+
+    @property
+    def schedule(self):
+        return self.teacher.schedule
+
+    @property
+    def data_shape(self) -> tuple:
+        return self.teacher.data_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.teacher.num_classes
+
+    def eps_fn(self, y, w=None):
+        """The student's eps_fn(x, t) for labels y at guidance w (None: the teacher's default w)."""
+        from pipeline.models import denoiser
+
+        w = self.teacher.default_w if w is None else w
+        y = denoiser.null_label(self.num_classes) if y is None else y
+        return denoiser.student_eps_fn(self.teacher.apply_fn, {"params": self.params}, y, w)
+
+
+def _round_dir(path: str) -> str:
+    """`path` itself if it is a round directory, else the last finished round under it."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(os.path.join(path, rounds.STUDENT)):
+        return path
+    finished = sorted(n for n in (os.listdir(path) if os.path.isdir(path) else [])
+                      if n.startswith("round-") and rounds.is_finished(path, int(n[6:])))
+    if not finished:
+        raise UserError(f"{path} holds no finished distillation round (ddss distill writes ROOT/round-RR/student)")
+    return os.path.join(path, finished[-1])
+
+
+def load_student(path) -> Student:
+    """The student of a round directory, or of the last finished round under a distillation root."""
+    from pipeline import train
+    from pipeline.distill.loop import load_student_params
+
+    d = _round_dir(path)
+    record = rundir.read_config(d)
+    cfg = dconfig.load(record["distill"])
+    r = int(record["round"])
+    if not rundir.read_results(d).get("finished"):
+        raise UserError(f"round {r} in {d} has not finished")
+    teacher = train.load_teacher(cfg.teacher)
+    params = load_student_params(os.path.dirname(d), r, teacher.params)
+    steps = cfg.steps_of(r)
+    grid = losses.student_grid(teacher.schedule, steps, cfg.stride, losses.t_start(teacher.schedule, cfg.logsnr_start))
+    return Student(teacher, params, r, steps, grid)
+
+
+def load_artefact(path: str, model):
+    """Evaluation artefact loader for "student-ddim:PATH" / "student-stochastic:PATH": the student's
+    eps_fn factory, its grid and step count (pipeline.evaluate.Plan)."""
+    from pipeline.evaluate import Plan
+
+    st = load_student(path)
+    return Plan(eps_fn=st.eps_fn, grid=st.grid, steps=st.steps)
