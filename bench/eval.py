@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--features", choices=["digit-classifier", "samples"], default="digit-classifier",
+                   help="samples: time generation alone (KID/FD on raw pixels vs the test split)")
     args = p.parse_args(argv)
 
     from pipeline.distributed.ray_init import ensure_ray
@@ -53,10 +55,14 @@ def main(argv=None) -> int:
     ensure_ray(num_cpus=len(os.sched_getaffinity(0)))  # before jax is imported: Ray forks
     teacher = ensure_teacher(args.teacher or os.path.join(OUT, "teacher"), args.train_steps)
 
+    import dataclasses
+
     from pipeline.distributed.evaluation import evaluate
     from pipeline.evaluate import EvalSpec, teacher_problem
 
     problem = teacher_problem(teacher, os.path.join(ROOT, ".cache"))
+    if args.features == "samples":
+        problem = dataclasses.replace(problem, features=None, prepare=None, label="samples")
     spec = EvalSpec(problem, args.sampler, args.steps, args.num_samples, batch_size=args.batch_size)
     rows = []
     for w in args.workers:
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
         "bench": "eval", "date": time.strftime("%Y-%m-%d"), "cores": len(os.sched_getaffinity(0)),
         "load_avg_1min_at_end": os.getloadavg()[0],
         "command": "python bench/eval.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "teacher": teacher, "sampler": args.sampler, "steps": args.steps, "num_samples": args.num_samples,
+        "teacher": teacher, "features": problem.label, "sampler": args.sampler, "steps": args.steps, "num_samples": args.num_samples,
         "batch_size": args.batch_size, "rows": rows, "goal": "2 workers >= 1.7x one (steady rate)",
     }
     os.makedirs(OUT, exist_ok=True)
