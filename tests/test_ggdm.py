@@ -12,7 +12,12 @@ from pipeline.errors import UserError
 from pipeline.models.analytic import GaussianMixture
 from pipeline.samplers import ggdm
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64():
+    """float64 for this module only (a global jax_enable_x64 would leak into every later test)."""
+    with jax.enable_x64(True):
+        yield
 
 GM = GaussianMixture(np.array([[-2.0, 0.5], [1.5, 1.0], [0.0, -2.0]]), np.array([0.3, 0.5, 0.2]), np.array([0.3, 0.5, 0.2]))
 

@@ -8,7 +8,12 @@ import pytest
 from pipeline import schedules
 from pipeline.errors import UserError
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64():
+    """float64 for this module only (a global jax_enable_x64 would leak into every later test)."""
+    with jax.enable_x64(True):
+        yield
 
 T = np.linspace(0.0, 1.0, 101)
 

@@ -10,7 +10,12 @@ from pipeline.errors import UserError
 from pipeline.models.analytic import GaussianMixture
 from pipeline.samplers.core import noise_like
 
-jax.config.update("jax_enable_x64", True)
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64():
+    """float64 for this module only (a global jax_enable_x64 would leak into every later test)."""
+    with jax.enable_x64(True):
+        yield
 
 MEANS = np.array([[1.5, -0.5], [-1.0, 1.0]])
 STDS = np.array([0.3, 0.5])
