@@ -49,7 +49,9 @@ def _groups(c: int) -> int:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-Conv twice, the conditioning added as a per-channel bias in between."""
+    """GroupNorm-SiLU-Conv twice, the conditioning as a per-channel scale and shift of the second
+    GroupNorm's output (Dhariwal & Nichol 2021; a bias added before a norm with one channel per
+    group would be normalised away)."""
 
     out_ch: int
     dropout: float = 0.0
@@ -57,8 +59,8 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x, emb, train: bool):
         h = nn.Conv(self.out_ch, (3, 3))(nn.silu(nn.GroupNorm(_groups(x.shape[-1]))(x)))
-        h = h + nn.Dense(self.out_ch)(nn.silu(emb))[:, None, None, :]
-        h = nn.silu(nn.GroupNorm(_groups(self.out_ch))(h))
+        scale, shift = jnp.split(nn.Dense(2 * self.out_ch)(nn.silu(emb))[:, None, None, :], 2, axis=-1)
+        h = nn.silu(nn.GroupNorm(_groups(self.out_ch))(h) * (1 + scale) + shift)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.out_ch, (3, 3), kernel_init=nn.initializers.zeros)(h)
         if x.shape[-1] != self.out_ch:
