@@ -6,6 +6,7 @@ UserError line naming the key.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import tempfile
@@ -101,12 +102,14 @@ def _coerce(tp, value, key):
 
 def load(cls, source=None, overrides: dict | None = None):
     """`cls` from a YAML path or dict (or defaults), then dotted-key overrides ({"train.steps": 10})."""
-    data = load_yaml(source) if isinstance(source, (str, os.PathLike)) else dict(source or {})
+    data = load_yaml(source) if isinstance(source, (str, os.PathLike)) else copy.deepcopy(dict(source or {}))
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {dotted}: {p!r} is not a section of the config")
         node[leaf] = value
     return from_dict(cls, data)
 
