@@ -1,34 +1,32 @@
-"""Teacher training: a class-conditional diffusion model as an SPMD Ray Train job.
+"""Teacher training as a Ray job: `ddss train-teacher` with one Ray Train worker by default.
 
-    ray job submit --working-dir . -- python jobs/train_teacher.py --config configs/digits_teacher.yaml --set train.steps=500
+    ray job submit --working-dir . -- python jobs/train_teacher.py --config configs/digits_teacher.yaml
+    ray job submit --working-dir . -- python jobs/train_teacher.py --workers 4 --run-dir /shared/runs/T --resume
+
+Takes every option of `ddss train-teacher` (--config, --set, --run-dir, --resume, --workers,
+--max-failures). Inside a job RAY_ADDRESS names the cluster, so the workers run there; the run
+directory must be storage every node sees (a shared filesystem) when workers span hosts.
 """
 from __future__ import annotations
 
-import json
 import sys
 
 
 def load_config(path, overrides: dict | None = None):
-    """The job's config from YAML (safe loader), validated."""
+    """The job's config from YAML, validated (`ddss submit` checks it before uploading)."""
     from pipeline import train
 
     return train.load_config(path, overrides)
 
 
 def main(argv=None) -> int:
-    from pipeline.distributed.jobs_client import parse_job_args
+    from pipeline import cli
 
-    path, overrides = parse_job_args(argv, __doc__.splitlines()[0], "configs/digits_teacher.yaml")
-    cfg = load_config(path, overrides)
-
-    from pipeline import train
-
-    run_dir, out = train.train_teacher(cfg, workers=1)
-    print(json.dumps({"run_dir": run_dir, **out}, indent=2, sort_keys=True, default=str))
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--workers" or a.startswith("--workers=") for a in argv):
+        argv = ["--workers", "1", *argv]
+    return cli.main(["train-teacher", *argv])
 
 
 if __name__ == "__main__":
-    from pipeline.distributed.jobs_client import run_job
-
-    sys.exit(run_job(main))
+    sys.exit(main())

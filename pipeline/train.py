@@ -166,17 +166,24 @@ def make_optimizer(cfg: TrainConfig):
 
 
 def init_state(model, optimizer, data_shape, seed: int) -> dict:
-    """The training state: params, EMA params, optimizer state, step, base PRNG key data."""
+    """The training state: params, EMA params, optimizer state, step, base PRNG key data.
+    Initialised under jit with the non-partitionable threefry, which XLA:CPU compiles several
+    times faster for many parameter shapes (the values are the same on every process)."""
     key = jax.random.key(seed)
-    x = jnp.zeros((1,) + tuple(data_shape), jnp.float32)
-    params = model.init(jax.random.fold_in(key, 0), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
-    return {
-        "params": params,
-        "ema": jax.tree.map(jnp.copy, params),
-        "opt": optimizer.init(params),
-        "step": jnp.zeros((), jnp.int32),
-        "key": jax.random.key_data(key),
-    }
+
+    def make():
+        x = jnp.zeros((1,) + tuple(data_shape), jnp.float32)
+        params = model.init(jax.random.fold_in(key, 0), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+        return {
+            "params": params,
+            "ema": jax.tree.map(jnp.copy, params),
+            "opt": optimizer.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "key": jax.random.key_data(key),
+        }
+
+    with jax.threefry_partitionable(False):
+        return jax.jit(make)()
 
 
 def abstract_state(model, optimizer, data_shape, sharding) -> dict:
@@ -251,27 +258,32 @@ def teacher_loop(ctx) -> dict:
         out_shardings=(ctx.replicated, ctx.replicated), donate_argnums=0,
     )
     t0, done, loss = time.time(), 0, None
+    t_first = None  # the first step's time includes compilation: rates start after it
     with ctx.progress(tc.steps, start, "train") as bar:
         for step in range(start, tc.steps):
             idx = batch_indices(tc.seed, step, len(images), tc.batch_size)
             x0, y = ctx.shard_rows(tc.batch_size, lambda r: (images[idx[r]], labels[idx[r]]))
             state, loss = step_fn(state, x0, y)
             done, n = done + 1, step + 1
+            if t_first is None:
+                loss.block_until_ready()
+                t_first = time.time()
             if n % tc.log_every == 0 or n == tc.steps:
-                rate = done / (time.time() - t0)
                 loss_v = float(loss)
+                rate = (done - 1) / max(time.time() - t_first, 1e-9)
                 ctx.report(n, loss=loss_v, steps_per_s=rate, examples_per_s=rate * tc.batch_size)
                 bar.set_postfix(loss=f"{loss_v:.4f}", steps_per_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
             if n % tc.checkpoint_every == 0 or n == tc.steps:
                 ck.save(n, state)
     ck.close()
-    elapsed = time.time() - t0
+    end = time.time()
     return {
         "steps": tc.steps,
         "resumed_from": start,
-        "train_time_s": elapsed,
-        "examples_per_s": done * tc.batch_size / elapsed if done else None,
+        "train_time_s": end - t0,
+        "first_step_s": None if t_first is None else t_first - t0,
+        "examples_per_s": (done - 1) * tc.batch_size / (end - t_first) if done > 1 else None,
         "final_loss": None if loss is None else float(loss),
         "processes": ctx.process_count,
         "devices": ctx.num_devices,
@@ -341,53 +353,118 @@ def load_teacher(run_dir) -> Teacher:
 # ----------------------------------------------------------------------------------------
 # The job: train, then check the teacher with a sample grid and FD.
 
+# What --resume may change in a run's config: train longer, check differently.
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every", "sample.")
 
-def train_teacher(cfg: TeacherConfig, *, run_dir=None, resume: bool = False, workers: int = 0,
-                  address: str | None = None) -> tuple[str, dict]:
-    """Train (or resume) a teacher as an SPMD job on `workers` Ray Train workers (0: in this
-    process), then write a sample grid and FD against the test split; returns (run_dir, results)."""
+
+def resume_config(run_dir, overrides: dict | None = None) -> TeacherConfig:
+    """The config to continue `run_dir` with: its config.yaml plus dotted `overrides`, which
+    may only change RESUMABLE_KEYS."""
+    stored = config.to_dict(load_config(rundir.read_config(run_dir)))
+    cfg = load_config(stored, overrides)
+    old, new = _flat(stored), _flat(config.to_dict(cfg))
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_KEYS):
+            raise UserError(
+                f"--resume cannot change config key {key!r} (the run has {old.get(key)!r}, given {new.get(key)!r}); "
+                f"only {', '.join(RESUMABLE_KEYS)} may change"
+            )
+    return cfg
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def train_teacher(cfg: TeacherConfig | None = None, *, run_dir=None, resume: bool = False, workers: int = 0,
+                  address: str | None = None, overrides: dict | None = None, max_failures: int = 2,
+                  root="runs") -> tuple[str, dict]:
+    """Train a teacher as an SPMD job on `workers` Ray Train workers (0: in this process), then
+    write its sample grid and FD against the test split into the run directory.
+
+    A new run (config cfg, default: the built-in defaults, plus dotted overrides) gets
+    root/teacher-<time>-<id> unless run_dir names an empty or new directory. resume=True
+    continues run_dir from its latest checkpoint with the run's own config.yaml (cfg is not
+    used; overrides may change RESUMABLE_KEYS only). Returns (run_dir, results["teacher"]).
+    """
     from pipeline.distributed.spmd import run_spmd
 
-    run_dir = rundir.prepare(run_dir, resume=resume, prefix="teacher")
+    t0 = time.time()
     if resume:
-        cfg = load_config(rundir.read_config(run_dir))
+        run_dir = rundir.prepare(run_dir, resume=True)
+        cfg = resume_config(run_dir, overrides)
     else:
-        rundir.write_config(run_dir, cfg)
+        cfg = load_config(config.to_dict(cfg) if cfg is not None else None, overrides)
+        run_dir = rundir.prepare(run_dir, root=root, prefix="teacher")
+    rundir.write_config(run_dir, cfg)
     out = run_spmd(teacher_loop, {"config": config.to_dict(cfg)}, num_workers=workers, run_dir=run_dir,
-                   address=address) or {}
+                   address=address, max_failures=max_failures) or {}
+    out["workers"] = workers
+    out["train_job_s"] = time.time() - t0  # including Ray and worker start-up
     out.update(check_teacher(run_dir))
-    rundir.update_results(run_dir, {"train": out})
+    out["total_s"] = time.time() - t0
+    rundir.update_results(run_dir, {"teacher": out})
     return run_dir, out
 
 
+def sample_teacher(teacher: Teacher, n: int, *, seed: int, sampler: str = "ddim", steps: int = 256,
+                   stride: str = "quadratic", w=None, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """n samples (clipped to [-1, 1]) and their labels; sample i has label i % num_classes and
+    key k_i = fold_in(key(seed), i): x_T from fold_in(k_i, 0), sampler noise from fold_in(k_i, 1).
+    One compiled program serves every batch (the last one is padded)."""
+    from pipeline import samplers
+
+    grid = jnp.asarray(schedules.time_grid(steps, stride, teacher.schedule), jnp.float32)
+    w = teacher.default_w if w is None else w
+
+    @jax.jit
+    def draw(params, idx):
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(idx)
+        x_T = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), teacher.data_shape))(keys)
+        noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        y = idx % max(teacher.num_classes, 1)
+        x0, bad = samplers.run(sampler, teacher.eps_fn(y, w, params=params), teacher.schedule, x_T, grid, noise_keys)
+        return jnp.clip(x0, -1.0, 1.0), bad
+
+    out = []
+    for b in range(0, n, batch_size):
+        idx = np.arange(b, b + batch_size)
+        x0, bad = draw(teacher.params, jnp.asarray(idx, jnp.int32))
+        if int(bad):
+            raise samplers.SamplerDiverged(f"sampler {sampler!r} produced non-finite values at step {int(bad)} of {steps}")
+        out.append(np.asarray(x0)[: min(batch_size, n - b)])
+    labels = np.arange(n) % max(teacher.num_classes, 1)
+    return np.concatenate(out), labels
+
+
 def check_teacher(run_dir) -> dict:
-    """The end-of-training check of config `sample`: a grid PNG (per_class samples of each
-    class) and FD in digit-classifier features against the test split."""
-    from pipeline import metrics, report, samplers
+    """The end-of-training check of config `sample`: samples.png (per_class samples of each
+    class, one column per class) and FD / KID in digit-classifier features against the test split."""
+    from pipeline import metrics, report
     from pipeline.models import classifier
 
+    t0 = time.time()
     teacher = load_teacher(run_dir)
     sc = teacher.config.sample
-    key = jax.random.key(sc.seed)
-
-    def draw(y, k):
-        x_T = jax.random.normal(k, (len(y),) + teacher.data_shape)
-        return np.asarray(samplers.sample(sc.sampler, teacher.eps_fn(jnp.asarray(y)), teacher.schedule, x_T, sc.steps,
-                                          key=jax.random.fold_in(k, 1), stride=sc.stride))
-
-    grid_y = np.repeat(np.arange(teacher.num_classes), sc.per_class).reshape(teacher.num_classes, sc.per_class).T.ravel()
-    report.save_grid(draw(grid_y, key), os.path.join(run_dir, "samples.png"), ncol=teacher.num_classes,
-                     title=f"{sc.sampler}, {sc.steps} steps")
-    out = {"sample_grid": "samples.png", "sampler": sc.sampler, "sample_steps": sc.steps}
+    n_grid = sc.per_class * teacher.num_classes
+    x, _ = sample_teacher(teacher, max(n_grid, sc.fd_samples), seed=sc.seed, sampler=sc.sampler, steps=sc.steps,
+                          stride=sc.stride, batch_size=sc.batch_size)
+    report.save_grid(x[:n_grid], os.path.join(run_dir, "samples.png"), ncol=teacher.num_classes,
+                     title=f"{sc.sampler}, {sc.steps} steps, w={teacher.default_w:g}, step {teacher.step}")
+    out = {"trained_steps": teacher.step, "sample_grid": "samples.png", "sampler": sc.sampler, "sample_steps": sc.steps,
+           "sample_stride": sc.stride, "guidance": teacher.default_w}
     if sc.fd_samples:
-        params = classifier.load_or_train_feature_net(sc.cache_dir)
-        feats = jax.jit(classifier.feature_fn(params))
+        feats = jax.jit(classifier.feature_fn(classifier.load_or_train_feature_net(sc.cache_dir)))
         test_x, _ = load_data(teacher.config.data, "test")
-        gen = []
-        for b in range(0, sc.fd_samples, sc.batch_size):
-            y = np.arange(b, min(b + sc.batch_size, sc.fd_samples)) % teacher.num_classes
-            gen.append(np.asarray(feats(draw(y, jax.random.fold_in(key, 1000 + b)))))
-        gen = np.concatenate(gen)
+        gen = np.concatenate([np.asarray(feats(x[b:min(b + sc.batch_size, sc.fd_samples)])) for b in range(0, sc.fd_samples, sc.batch_size)])
         ref = np.asarray(feats(test_x))
-        out.update(fd_test=metrics.frechet_distance(gen, ref), kid_test=metrics.kid(gen, ref), fd_samples=sc.fd_samples)
+        out.update(fd_test=metrics.frechet_distance(gen, ref), kid_test=metrics.kid(gen, ref), fd_samples=sc.fd_samples,
+                   fd_reference=f"{teacher.config.data.name} test split, {len(test_x)} images, digit-classifier features")
+    out["check_s"] = time.time() - t0
     return out
