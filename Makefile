@@ -5,7 +5,7 @@ VENV := .venv
 TFGAN_VENV := .venv-tfgan
 STAMP := $(VENV)/.installed
 TFGAN_STAMP := $(TFGAN_VENV)/.installed
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: demo test venv tfgan-venv bench clean
 
