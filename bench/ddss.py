@@ -6,8 +6,8 @@ with and without rematerialisation, time per search step and search wall time.
 
 Goals: GGDM+PRED+TIME FD at most half the best DDIM's at K=5, and 1.3x below the best of
 DPM-Solver++(2M)/iPNDM at K=5 and 10; backprop temp memory with remat K=25 / K=5 <= 1.5.
-Without --teacher it uses (or trains, once) the small digits teacher of bench/eval.py under
-bench/out/teacher. The same comparison runs on a Gaussian mixture with its exact denoiser
+Without --teacher it uses (training once) the default digits teacher under bench/out/teacher
+(bench/common.py). The same comparison runs on a Gaussian mixture with its exact denoiser
 (--gmm, features = the samples, FD against exact samples) as a control free of model error.
 Searches run in this process (no Ray) under bench/out/ddss/<problem>-<variant>-K<K> and are
 reused (resumed) when the bench runs again. Writes bench/out/ddss.json, ddss.png and ddss.md
@@ -16,29 +16,22 @@ reused (resumed) when the bench runs again. Writes bench/out/ddss.json, ddss.png
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "bench", "out")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+ROOT, OUT = common.ROOT, common.OUT
 # (sampler, stride) baselines; accel-ddim joins when it is registered.
 BASELINES = [("ddpm", "linear"), ("ddpm", "quadratic"), ("ddim", "linear"), ("ddim", "quadratic"),
              ("accel-ddim", "quadratic"), ("dpm-solver++2m", "quadratic"), ("dpm-solver++2m", "logsnr"),
              ("ipndm", "quadratic"), ("ipndm", "logsnr")]
 VARIANTS = ("ggdm", "ggdm+pred+time")
 REMAT = ("adjoint", "adjoint-unrolled", "step", "none")
-
-
-def _ensure_teacher(train_steps: int) -> str:
-    """bench/eval.py's small digits teacher (trained there once, shared)."""
-    spec = importlib.util.spec_from_file_location("bench_eval", os.path.join(ROOT, "bench", "eval.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.ensure_teacher(os.path.join(OUT, "teacher"), train_steps)
 
 
 def memory_and_time(teacher: str, cache_dir: str, K: int, remat: str, batch: int) -> dict:
@@ -85,15 +78,6 @@ def run_search(problem_key: dict, variant: str, K: int, args, name: str, budget:
         return {"diverged": str(e), "wall_s": time.time() - t}
     result["wall_s"] = time.time() - t
     return result
-
-
-def evaluate(problem, sampler: str, K: int, stride: str, n: int) -> dict:
-    from pipeline.evaluate import EvalSpec, evaluate_local
-
-    t = time.time()
-    m = evaluate_local(EvalSpec(problem, sampler, K, n, stride=stride, batch_size=500))
-    print(f"  {sampler.split(':')[0]} ({stride}) K={K}: FD {m['fd']:.4g} KID {m['kid']:.4g} [{time.time() - t:.0f} s]", file=sys.stderr)
-    return {"fd": m["fd"], "kid": m["kid"], "eval_s": time.time() - t}
 
 
 def table(rows, ks) -> str:
@@ -162,13 +146,13 @@ def section(name: str, problem, problem_key: dict, args, ks, budget) -> dict:
             print(f"[{name}] search {variant} K={K}: {res.get('diverged') or res.get('best_val_kid')}", file=sys.stderr)
             if "artefact" in res:
                 rows.append({"name": variant.upper(), "sampler": f"ggdm:{res['artefact']}", "K": K,
-                             **evaluate(problem, f"ggdm:{res['artefact']}", K, "quadratic", args.num_samples)})
+                             **common.score(problem, f"ggdm:{res['artefact']}", K, "quadratic", args.num_samples)})
     registered = set(samplers.names())
     for sampler, stride in BASELINES:
         if sampler in registered:
             for K in ks:
                 rows.append({"name": f"{sampler} ({stride})", "sampler": sampler, "stride": stride, "K": K,
-                             **evaluate(problem, sampler, K, stride, args.num_samples)})
+                             **common.score(problem, sampler, K, stride, args.num_samples)})
 
     def best(prefixes, K):
         vals = [r["fd"] for r in rows if r["K"] == K and any(r["name"].startswith(p) for p in prefixes)]
@@ -186,7 +170,6 @@ def section(name: str, problem, problem_key: dict, args, ks, budget) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", help="a trained digits teacher run (default: bench/eval.py's, bench/out/teacher)")
-    p.add_argument("--teacher-train-steps", type=int, default=300)
     p.add_argument("--cache-dir", default=os.path.join(ROOT, ".cache"), help="digit-classifier cache")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10, 25], help="digits: K of the baselines")
     p.add_argument("--gmm-ks", type=int, nargs="+", default=[5, 10, 15, 20, 25], help="gmm control: K of the baselines")
@@ -206,7 +189,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     t_start, load0 = time.time(), os.getloadavg()[0]
-    teacher = os.path.abspath(args.teacher) if args.teacher else _ensure_teacher(args.teacher_train_steps)
+    teacher = os.path.abspath(args.teacher) if args.teacher else common.default_teacher()
 
     from pipeline import config as cfgmod
     from pipeline.data.gmm import gmm_preset

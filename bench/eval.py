@@ -3,8 +3,8 @@ one CPU core, on the digits teacher at K=10 (goal: 2 workers >= 1.7x one).
 
     .venv/bin/python bench/eval.py [--teacher RUN_DIR] [--num-samples 6000] [--steps 10]
 
-Without --teacher it trains a small digits teacher once under bench/out/teacher (the speed
-does not depend on how well it is trained, only on the network). Reports the end-to-end rate
+Without --teacher it uses (training once) the default digits teacher under bench/out/teacher
+(bench/common.py). Reports the end-to-end rate
 (actor start-up, teacher load and compilation included), the steady rate (after every
 actor has finished its first block), samples per CPU-second of the actors and the cores'
 worth of CPU they got (below W means other processes took the rest). Writes
@@ -18,29 +18,15 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "bench", "out")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
 
-
-def ensure_teacher(run_dir: str, train_steps: int) -> str:
-    """A digits teacher in run_dir, trained in this process if it has no checkpoint yet."""
-    from pipeline import config, rundir, train
-    from pipeline.distributed.spmd import run_spmd
-
-    if os.path.isdir(rundir.checkpoint_dir(run_dir)):
-        return run_dir
-    cfg = train.load_config({"train": {"steps": train_steps, "checkpoint_every": train_steps}, "sample": {"fd_samples": 0}})
-    os.makedirs(run_dir, exist_ok=True)
-    rundir.write_config(run_dir, cfg)
-    print(f"training a {train_steps}-step digits teacher in {run_dir} ...", file=sys.stderr)
-    run_spmd(train.teacher_loop, {"config": config.to_dict(cfg)}, num_workers=0, run_dir=run_dir)
-    return run_dir
+ROOT, OUT = common.ROOT, common.OUT
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", help="a trained digits teacher run (default: train one in bench/out/teacher)")
-    p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--num-samples", type=int, default=6000)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--sampler", default="ddim")
@@ -53,7 +39,7 @@ def main(argv=None) -> int:
     from pipeline.distributed.ray_init import ensure_ray
 
     ensure_ray(num_cpus=len(os.sched_getaffinity(0)))  # before jax is imported: Ray forks
-    teacher = ensure_teacher(args.teacher or os.path.join(OUT, "teacher"), args.train_steps)
+    teacher = os.path.abspath(args.teacher) if args.teacher else common.default_teacher()
 
     import dataclasses
 

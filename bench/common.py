@@ -1,0 +1,46 @@
+"""What the digits benchmarks share: the default digits teacher (configs/digits_teacher.yaml,
+trained once under bench/out/teacher) and one scored row (FD and KID in digit-classifier
+features against the test split, generated in this process without Ray)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench", "out")
+TEACHER_DIR = os.path.join(OUT, "teacher")
+CACHE_DIR = os.path.join(ROOT, ".cache")
+
+
+def default_teacher(run_dir: str = TEACHER_DIR) -> str:
+    """The teacher of `ddss train-teacher` with the default digits config, trained here the first
+    time (an interrupted training is resumed); its results.json holds the training time and FD."""
+    from pipeline import rundir, train
+
+    if "teacher" in rundir.read_results(run_dir) if os.path.isdir(run_dir) else False:
+        return run_dir
+    print(f"training the default digits teacher in {run_dir} ...", file=sys.stderr)
+    if os.path.isfile(os.path.join(run_dir, rundir.CONFIG)):
+        train.train_teacher(run_dir=run_dir, resume=True)
+    else:
+        train.train_teacher(train.load_config(os.path.join(ROOT, "configs", "digits_teacher.yaml"),
+                                              {"sample.cache_dir": CACHE_DIR}), run_dir=run_dir)
+    return run_dir
+
+
+def score(problem, sampler: str, K: int, stride: str, n: int, seed: int = 0) -> dict:
+    """FD / KID of n samples of `sampler` at K steps (same seeds for every sampler), and the time."""
+    from pipeline.evaluate import EvalSpec, evaluate_local
+
+    t = time.time()
+    m = evaluate_local(EvalSpec(problem, sampler, K, n, stride=stride, batch_size=500, seed=seed))
+    print(f"  {sampler.split(':')[0]} ({stride}) K={K}: FD {m['fd']:.4g} KID {m['kid']:.4g} [{time.time() - t:.0f} s]",
+          file=sys.stderr)
+    return {"fd": m["fd"], "kid": m["kid"], "eval_s": time.time() - t}
+
+
+def machine(load0: float) -> dict:
+    import platform
+
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "load_average_start_end": [load0, os.getloadavg()[0]]}
