@@ -315,18 +315,21 @@ class Teacher:
         """The network: eps(x, t, y[, w]) with variables {"params": ...} (pipeline.models.denoiser's contract)."""
         return self.model.apply(variables, x, t, y, w)
 
-    def eps_fn(self, y, w=None, params=None):
+    def eps_fn(self, y, w=None, params=None, clip_x0: bool = True):
         """eps_fn(x, t) for labels y ([B] or scalar; None: unconditional) with classifier-free
         guidance w (None: default_w; 0: the conditional model); params: other parameters of
-        the same model (default: the teacher's EMA parameters)."""
+        the same model (default: the teacher's EMA parameters); clip_x0: the data prediction
+        clipped to the data's range [-1, 1] (denoiser.clip_x0_eps_fn)."""
         from pipeline.models import denoiser
 
         variables = {"params": self.params if params is None else params}
         w = self.default_w if w is None else w
         y = denoiser.null_label(self.num_classes) if y is None else y
         if np.ndim(w) == 0 and float(w) == 0.0:
-            return denoiser.conditional_eps_fn(self.apply_fn, variables, y)
-        return denoiser.guided_eps_fn(self.apply_fn, variables, y, w, self.num_classes)
+            fn = denoiser.conditional_eps_fn(self.apply_fn, variables, y)
+        else:
+            fn = denoiser.guided_eps_fn(self.apply_fn, variables, y, w, self.num_classes)
+        return denoiser.clip_x0_eps_fn(fn, self.schedule) if clip_x0 else fn
 
 
 def load_teacher(run_dir) -> Teacher:

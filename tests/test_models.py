@@ -121,3 +121,26 @@ def test_guided_needs_class_embedding():
     p = init_params(model, jax.random.key(0), jnp.ones((2, 3)), jnp.ones(2))
     with pytest.raises(UserError, match="num_classes"):
         guided_eps_fn(lambda q, *a: model.apply(q, *a), p, 0, 1.0)
+
+
+def test_clip_x0_eps_fn_against_float64_numpy():
+    """eps' = (x - alpha clip((x - sigma eps) / alpha)) / sigma, written here in NumPy; unchanged
+    (bit for bit) where the data prediction is already in [-1, 1]."""
+    from pipeline import schedules
+    from pipeline.models.denoiser import clip_x0_eps_fn
+
+    sched = schedules.get("cosine")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(6, 3, 2))
+    t = np.array([1.0, 0.999, 0.9, 0.5, 0.1, 0.01])
+    eps = rng.normal(size=x.shape) * 1.3
+    with jax.enable_x64(True):
+        got = np.asarray(clip_x0_eps_fn(lambda x, t: jnp.asarray(eps), sched)(jnp.asarray(x), jnp.asarray(t)))
+        lam = np.asarray(sched.logsnr(jnp.asarray(t)))
+    a = np.sqrt(1 / (1 + np.exp(-lam)))[:, None, None]
+    s = np.sqrt(1 / (1 + np.exp(lam)))[:, None, None]
+    x0 = (x - s * eps) / a
+    np.testing.assert_allclose(got, (x - a * np.clip(x0, -1, 1)) / s, rtol=1e-9, atol=1e-9)
+    inside = np.abs(x0) <= 1
+    assert inside.any() and (~inside).any()
+    np.testing.assert_array_equal(got[inside], eps[inside])

@@ -43,13 +43,15 @@ class Student:
     def num_classes(self) -> int:
         return self.teacher.num_classes
 
-    def eps_fn(self, y, w=None):
-        """The student's eps_fn(x, t) for labels y at guidance w (None: the teacher's default w)."""
+    def eps_fn(self, y, w=None, clip_x0: bool = True):
+        """The student's eps_fn(x, t) for labels y at guidance w (None: the teacher's default w),
+        its data prediction clipped to [-1, 1] like the teacher's (denoiser.clip_x0_eps_fn)."""
         from pipeline.models import denoiser
 
         w = self.teacher.default_w if w is None else w
         y = denoiser.null_label(self.num_classes) if y is None else y
-        return denoiser.student_eps_fn(self.teacher.apply_fn, {"params": self.params}, y, w)
+        fn = denoiser.student_eps_fn(self.teacher.apply_fn, {"params": self.params}, y, w)
+        return denoiser.clip_x0_eps_fn(fn, self.schedule) if clip_x0 else fn
 
 
 def _round_dir(path: str) -> str:

@@ -62,3 +62,21 @@ def student_eps_fn(apply_fn, params, y, w):
         return apply_fn(params, x, t, _batch(y, x, jnp.int32), _batch(w, x, x.dtype))
 
     return eps_fn
+
+
+def clip_x0_eps_fn(eps_fn, sched, lo: float = -1.0, hi: float = 1.0):
+    """eps_fn whose data prediction is clipped to [lo, hi]: eps' = eps + alpha (x0_hat - clip(x0_hat)) / sigma
+    = (x - alpha clip(x0_hat)) / sigma (the clipped x0 of Ho et al. 2020, sec. 3.3 and their code;
+    "static thresholding" in Saharia et al. 2022). Near t = 1, where alpha ~ 5e-5 on the truncated
+    cosine schedule, x0_hat = (x - sigma eps) / alpha multiplies the network's error by 1/alpha;
+    clipping keeps every sampler's first steps on the data's range. Exactly eps where x0_hat is in range."""
+
+    def clipped(x, t):
+        eps = eps_fn(x, t)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+        alpha, sigma = sched.alpha(t).reshape(shape), sched.sigma(t).reshape(shape)
+        x0 = (x - sigma * eps) / alpha
+        return eps + alpha * (x0 - jnp.clip(x0, lo, hi)) / sigma
+
+    return clipped
