@@ -75,12 +75,16 @@ def _fmt(v, spec):
 
 
 def results_table(rows: list[dict]) -> str:
-    """Markdown table: method, steps, NFE, FD, KID, wall time."""
-    lines = ["| method | steps | NFE | FD | KID | wall time (s) |", "|---|---:|---:|---:|---:|---:|"]
+    """Markdown table: method, steps, NFE, FD, KID, wall time, and the training time behind a
+    row (a search, a distillation: key "train_s") when any row has one."""
+    training = any(r.get("train_s") is not None for r in rows)
+    lines = ["| method | steps | NFE | FD | KID | wall time (s) |" + (" training (s) |" if training else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if training else "")]
     for r in sorted(rows, key=lambda r: (r["method"], r["steps"])):
         lines.append(
             f"| {r['method']} | {r['steps']} | {r['nfe']} | {_fmt(r.get('fd'), '.3f')} | "
             f"{_fmt(r.get('kid'), '.4f')} | {_fmt(r.get('wall_s'), '.1f')} |"
+            + (f" {_fmt(r.get('train_s'), '.1f')} |" if training else "")
         )
     return "\n".join(lines)
 

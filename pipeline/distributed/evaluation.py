@@ -6,15 +6,19 @@ Work units are consecutive block ranges handed out on demand. An actor that dies
 its node lost) has its range put back in the queue and run by another actor, and a
 replacement actor is started; after more than `max_failures` such losses the evaluation fails.
 A UserError or SamplerDiverged raised in an actor ends the evaluation with that error.
+One pool (EvalPool) serves any number of evaluations in turn: `ddss demo` starts its actors once.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import os
 import sys
 import time
 from typing import Callable
+
+import numpy as np
 
 from pipeline.errors import UserError
 
@@ -26,35 +30,60 @@ _LOST = (
 
 
 class EvalActor:
-    """One evaluation worker: `ready()` builds the Evaluator of `spec` (there, not in __init__,
-    so that a bad input comes back as its own error), then `run` handles ranges."""
+    """One evaluation worker, kept across evaluations: `ready()` imports JAX and answers; every
+    call names its evaluation (a number) and spec; the actor builds that spec's Evaluator on the
+    first call (there, so that a bad input comes back as its own error) and keeps the model and
+    feature function of each problem it has seen (by the problem's key) for later specs."""
 
-    def __init__(self, spec, pin_core: int | None = None):
+    def __init__(self, pin_core: int | None = None):
         if pin_core is not None:
             from pipeline.distributed.spmd import _pin_to_core
 
             _pin_to_core(pin_core)
-        self.spec = spec
-        self.evaluator = None
+        self.current = (None, None)  # (evaluation number, Evaluator)
+        self.problems: dict = {}  # problem key -> Problem whose factories return the built objects
 
     def ready(self) -> str:
         import ray
 
-        from pipeline.evaluate import Evaluator  # imports jax inside the worker
+        import jax  # noqa: F401  (imported in the worker, before any work)
 
-        self.evaluator = Evaluator(self.spec)
         return ray.get_runtime_context().get_node_id()
 
-    def run(self, block_start: int, block_stop: int):
-        return self.evaluator.run(block_start, block_stop)
+    def _problem(self, key: str, problem):
+        if key not in self.problems:
+            model = problem.model()
+            features = problem.features() if problem.features is not None else None
+            self.problems[key] = dataclasses.replace(
+                problem, model=lambda: model, features=None if features is None else (lambda: features))
+        return self.problems[key]
 
-    def reference(self):
-        return self.evaluator.reference()
+    def _evaluator(self, number: int, key: str, spec):
+        from pipeline.evaluate import Evaluator
+
+        if self.current[0] != number:
+            self.current = (number, Evaluator(dataclasses.replace(spec, problem=self._problem(key, spec.problem))))
+        return self.current[1]
+
+    def run(self, number: int, key: str, spec, block_start: int, block_stop: int, keep: int = 0):
+        """(RangeResult of blocks [block_start, block_stop), the samples among the first `keep`
+        indices that these blocks hold, or None)."""
+        ev = self._evaluator(number, key, spec)
+        result = ev.run(block_start, block_stop)
+        first, _ = spec.block_range(block_start)
+        if first >= keep:
+            return result, None
+        images = [ev.samples(b)[0] for b in range(block_start, block_stop) if spec.block_range(b)[0] < keep]
+        return result, np.concatenate(images)[: keep - first]
+
+    def reference(self, number: int, key: str, spec):
+        return self._evaluator(number, key, spec).reference()
 
 
 @dataclasses.dataclass
 class PoolStats:
-    """How the pool went: actors started, work units (ranges, the reference) retried after a loss."""
+    """How an evaluation went: actors started (by the pool so far), work units (ranges, the
+    reference) retried after a loss."""
 
     actors_started: int = 0
     retried: int = 0
@@ -110,102 +139,161 @@ def actor_options(resources: dict | None = None, env: dict | None = None) -> dic
     return opts
 
 
-def run_pool(spec, *, workers: int, resources: dict | None = None, env: dict | None = None,
-             pin_cores: bool = False, blocks_per_range: int = 1, max_failures: int = 3,
-             progress: bool = True, on_range_done: Callable[[dict], None] | None = None):
-    """Evaluate `spec` (pipeline.evaluate.EvalSpec) on `workers` Ray actors (Ray must be up).
+def problem_key(problem) -> str:
+    """A key naming a Problem by its content (its pickled factories and their arguments), so that
+    equal problems built twice share the actors' models and the pool's reference features."""
+    from ray import cloudpickle
 
-    Returns (results: list of RangeResult, reference features, PoolStats).
-    on_range_done(info) is called on the driver after each finished range with
-    info = {"done": samples done, "busy": [(actor, node id)] of the actors holding a range}.
+    return hashlib.sha256(cloudpickle.dumps(problem)).hexdigest()
+
+
+class EvalPool:
+    """A pool of `workers` evaluation actors (Ray must be up) that evaluates spec after spec:
+    the actors start and import JAX once, keep each problem's model and feature function, and
+    the pool keeps each problem's reference features, so an evaluation after the first costs
+    its compilation and its samples only. Use as a context manager (or call close()).
+
+    An actor that dies has its range put back in the queue and run by another actor, and a
+    replacement is started; after more than `max_failures` such losses in one evaluation it fails.
     """
-    import ray
-    from tqdm.auto import tqdm
 
-    from pipeline.evaluate import ranges
+    def __init__(self, workers: int, *, resources: dict | None = None, env: dict | None = None,
+                 pin_cores: bool = False, max_failures: int = 3):
+        import ray
 
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
-    spec.validate()
-    Actor = ray.remote(EvalActor)
-    opts = actor_options(resources, env)
-    stats = PoolStats()
-    todo = collections.deque([("reference", None)] + [("range", r) for r in ranges(spec, blocks_per_range)])
-    starting: dict = {}  # ready ref -> actor
-    busy: dict = {}  # result ref -> (actor, unit)
-    idle: list = []
-    node_of: dict = {}  # actor -> its node id
-    number: dict = {}  # actor -> the order it was started in
-    results, reference, failures = [], None, 0
+        if workers < 1:
+            raise UserError(f"--workers must be >= 1, got {workers}")
+        self.workers, self.pin_cores, self.max_failures = workers, pin_cores, max_failures
+        self._actor_cls = ray.remote(EvalActor)
+        self._opts = actor_options(resources, env)
+        self.actors_started = 0
+        self.starting: dict = {}  # ready ref -> actor
+        self.idle: list = []
+        self.node_of: dict = {}  # actor -> its node id
+        self.number: dict = {}  # actor -> the order it was started in
+        self.references: dict = {}  # problem key -> reference features
+        self.evaluations = 0
+        for _ in range(workers):
+            self._start_actor()
 
-    def start_actor():
-        core = stats.actors_started % (os.cpu_count() or 1) if pin_cores else None
-        actor = Actor.options(**opts).remote(spec, core)
-        number[actor] = stats.actors_started
-        stats.actors_started += 1
-        starting[actor.ready.remote()] = actor
+    def _start_actor(self):
+        core = self.actors_started % (os.cpu_count() or 1) if self.pin_cores else None
+        actor = self._actor_cls.options(**self._opts).remote(core)
+        self.number[actor] = self.actors_started
+        self.actors_started += 1
+        self.starting[actor.ready.remote()] = actor
 
-    def lost(e):
-        nonlocal failures
-        failures += 1
-        if failures > max_failures:
-            raise RuntimeError(f"evaluation lost {failures} actors (max_failures={max_failures}); last: {type(e).__name__}") from e
-        start_actor()
+    def __enter__(self):
+        return self
 
-    for _ in range(workers):
-        start_actor()
-    bar = tqdm(total=spec.num_samples, desc=f"evaluate {spec.sampler} K={spec.steps}", unit="sample",
-               disable=not progress, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
-    try:
-        while todo or busy:
-            while idle and todo:
-                actor, unit = idle.pop(), todo.popleft()
-                ref = actor.reference.remote() if unit[0] == "reference" else actor.run.remote(*unit[1])
-                busy[ref] = (actor, unit)
-            ready, _ = ray.wait(list(busy) + list(starting), num_returns=1)
-            ref = ready[0]
-            if ref in starting:
-                actor = starting.pop(ref)
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Kill every actor of the pool."""
+        import ray
+
+        for actor in self.idle + list(self.starting.values()):
+            ray.kill(actor)
+        self.idle, self.starting = [], {}
+
+    def run(self, spec, *, blocks_per_range: int = 1, progress: bool = True, keep_samples: int = 0,
+            on_range_done: Callable[[dict], None] | None = None):
+        """Evaluate `spec` (pipeline.evaluate.EvalSpec) on the pool.
+
+        Returns (results: list of RangeResult, reference features, PoolStats, samples [n, ...]
+        of indices 0..n-1 with n = min(keep_samples, num_samples), or None if keep_samples = 0).
+        on_range_done(info) is called on the driver after each finished range with
+        info = {"done": samples done, "busy": [(actor, node id)] of the actors holding a range}.
+        """
+        import ray
+        from tqdm.auto import tqdm
+
+        from pipeline.evaluate import ranges
+
+        spec.validate()
+        self.evaluations += 1
+        number, key = self.evaluations, problem_key(spec.problem)
+        spec_ref = ray.put(spec)
+        keep = min(keep_samples, spec.num_samples)
+        stats = PoolStats(actors_started=self.actors_started)
+        todo = collections.deque([("range", r) for r in ranges(spec, blocks_per_range)])
+        if key not in self.references:
+            todo.appendleft(("reference", None))
+        busy: dict = {}  # result ref -> (actor, unit)
+        results, images, failures = [], {}, 0
+
+        def lost(e):
+            nonlocal failures
+            failures += 1
+            if failures > self.max_failures:
+                raise RuntimeError(f"evaluation lost {failures} actors (max_failures={self.max_failures}); "
+                                   f"last: {type(e).__name__}") from e
+            self._start_actor()
+            stats.actors_started = self.actors_started
+
+        bar = tqdm(total=spec.num_samples, desc=f"evaluate {spec.sampler} K={spec.steps}", unit="sample",
+                   disable=not progress, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+        try:
+            while todo or busy:
+                while self.idle and todo:
+                    actor, unit = self.idle.pop(), todo.popleft()
+                    if unit[0] == "reference":
+                        ref = actor.reference.remote(number, key, spec_ref)
+                    else:
+                        ref = actor.run.remote(number, key, spec_ref, *unit[1], keep)
+                    busy[ref] = (actor, unit)
+                ready, _ = ray.wait(list(busy) + list(self.starting), num_returns=1)
+                ref = ready[0]
+                if ref in self.starting:
+                    actor = self.starting.pop(ref)
+                    try:
+                        self.node_of[actor] = ray.get(ref)
+                        self.idle.append(actor)
+                    except ray.exceptions.RayTaskError as e:
+                        _raise_task_error(e)
+                    except ray.exceptions.RayError as e:
+                        if not _is_lost(e):
+                            raise
+                        lost(e)
+                    continue
+                actor, unit = busy.pop(ref)
                 try:
-                    node_of[actor] = ray.get(ref)
-                    idle.append(actor)
-                except ray.exceptions.RayTaskError as e:  # the Evaluator could not be built
+                    value = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
                     _raise_task_error(e)
                 except ray.exceptions.RayError as e:
                     if not _is_lost(e):
                         raise
+                    stats.retried += 1
+                    todo.appendleft(unit)
+                    ray.kill(actor)
                     lost(e)
-                continue
-            actor, unit = busy.pop(ref)
-            try:
-                value = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:
-                _raise_task_error(e)
-            except ray.exceptions.RayError as e:
-                if not _is_lost(e):
-                    raise
-                stats.retried += 1
-                todo.appendleft(unit)
+                    continue
+                self.idle.append(actor)
+                if unit[0] == "reference":
+                    self.references[key] = value
+                    continue
+                value, imgs = value
+                results.append(value)
+                if imgs is not None:
+                    images[value.block_start] = imgs
+                start, _ = spec.block_range(value.block_start)
+                _, stop = spec.block_range(value.block_stop - 1)
+                stats.done.append((time.perf_counter(), stop - start, self.number[actor]))
+                stats.cpu_s += value.cpu_s
+                bar.update(stop - start)
+                if on_range_done is not None:
+                    on_range_done({"done": bar.n, "busy": [(a, self.node_of[a]) for a, _ in busy.values()]})
+        except BaseException:
+            for actor, _ in busy.values():  # their work is moot: replace them, keeping the pool's size
                 ray.kill(actor)
-                lost(e)
-                continue
-            idle.append(actor)
-            if unit[0] == "reference":
-                reference = value
-                continue
-            results.append(value)
-            start, _ = spec.block_range(value.block_start)
-            _, stop = spec.block_range(value.block_stop - 1)
-            stats.done.append((time.perf_counter(), stop - start, number[actor]))
-            stats.cpu_s += value.cpu_s
-            bar.update(stop - start)
-            if on_range_done is not None:
-                on_range_done({"done": bar.n, "busy": [(a, node_of[a]) for a, _ in busy.values()]})
-    finally:
-        bar.close()
-        for actor in idle + [a for a, _ in busy.values()] + list(starting.values()):
-            ray.kill(actor)
-    return results, reference, stats
+                self._start_actor()
+            raise
+        finally:
+            bar.close()
+        samples = np.concatenate([images[b] for b in sorted(images)]) if keep else None
+        return results, self.references[key], stats, samples
 
 
 def score(features, moments, reference, backend: str = "jax", inception_path=None) -> dict:
@@ -230,9 +318,12 @@ def score(features, moments, reference, backend: str = "jax", inception_path=Non
 
 
 def evaluate(spec, *, workers: int, address: str | None = None, backend: str = "jax", inception_path=None,
-             **pool_kw) -> dict:
-    """Evaluate `spec` on a pool of `workers` actors (joining `address`, else a local Ray):
-    {"kid", "kid_std", "fd", "num_samples", "workers", "wall_s", "samples_per_s", ...}.
+             pool: EvalPool | None = None, keep_samples: int = 0, progress: bool = True,
+             on_range_done: Callable[[dict], None] | None = None, **pool_kw) -> dict:
+    """Evaluate `spec` on `pool`, or on a pool of `workers` actors started for it (joining
+    `address`, else a local Ray; pool_kw: EvalPool's options):
+    {"kid", "kid_std", "fd", "num_samples", "workers", "wall_s", "samples_per_s", ...}, plus
+    "samples" (the first keep_samples samples, NumPy) if keep_samples > 0.
     wall_s covers the pool (actor start, generation, features), not the final scoring."""
     from pipeline.distributed.ray_init import ensure_ray
     from pipeline.evaluate import merge
@@ -241,21 +332,33 @@ def evaluate(spec, *, workers: int, address: str | None = None, backend: str = "
     if spec.problem.prepare is not None:
         spec.problem.prepare()  # e.g. train the feature network once, not in every actor
     t0 = time.perf_counter()
-    results, reference, stats = run_pool(spec, workers=workers, **pool_kw)
+    blocks_per_range = pool_kw.pop("blocks_per_range", 1)
+    own = pool is None
+    pool = EvalPool(workers, **pool_kw) if own else pool
+    try:
+        results, reference, stats, samples = pool.run(spec, blocks_per_range=blocks_per_range, progress=progress,
+                                                      keep_samples=keep_samples, on_range_done=on_range_done)
+    finally:
+        if own:
+            pool.close()
     features, moments = merge(spec, results)
     wall = time.perf_counter() - t0
     out = score(features, moments, reference, backend, inception_path)
     out.update(num_samples=spec.num_samples, kid_samples=int(features.shape[0]), reference_samples=int(reference.shape[0]),
-               workers=workers, wall_s=wall, samples_per_s=spec.num_samples / wall,
+               workers=pool.workers, wall_s=wall, samples_per_s=spec.num_samples / wall,
                steady_samples_per_s=stats.steady_rate(), samples_per_cpu_s=spec.num_samples / stats.cpu_s,
                actors_started=stats.actors_started, retried=stats.retried)
+    if keep_samples:
+        out["samples"] = samples
     return out
 
 
-def run_evaluation(cfg, address: str | None = None, progress: bool = True) -> dict:
-    """`ddss evaluate` / jobs/evaluate.py: evaluate cfg (pipeline.evaluate.EvaluateConfig) on a
-    pool of actors and append the result row to results.json of cfg.results_dir (default: the
-    teacher's run). Returns the row."""
+def run_evaluation(cfg, address: str | None = None, progress: bool = True, pool: EvalPool | None = None,
+                   keep_samples: int = 0) -> dict:
+    """`ddss evaluate` / jobs/evaluate.py: evaluate cfg (pipeline.evaluate.EvaluateConfig) on
+    `pool` or a pool of cfg.workers actors started for it, and append the result row to
+    results.json of cfg.results_dir (default: the teacher's run). Returns the row, with
+    "samples" (the first keep_samples samples, not written to results.json) if keep_samples > 0."""
     from pipeline import rundir, samplers
     from pipeline.distributed.ray_init import ensure_ray
     from pipeline.evaluate import EvalSpec, split_sampler, teacher_problem
@@ -277,12 +380,13 @@ def run_evaluation(cfg, address: str | None = None, progress: bool = True) -> di
         resources["GPU"] = cfg.worker_gpus
     if cfg.worker_tpus:
         resources["TPU"] = cfg.worker_tpus
-    out = evaluate(spec, workers=cfg.workers, resources=resources, pin_cores=cfg.pin_cores,
-                   max_failures=cfg.max_failures, progress=progress, backend=cfg.metrics_backend,
-                   inception_path=cfg.inception_path)
+    pool_kw = {} if pool is not None else dict(resources=resources, pin_cores=cfg.pin_cores, max_failures=cfg.max_failures)
+    out = evaluate(spec, workers=cfg.workers, progress=progress, backend=cfg.metrics_backend,
+                   inception_path=cfg.inception_path, pool=pool, keep_samples=keep_samples, **pool_kw)
+    samples = out.pop("samples", None)
     method = name if artefact is None else f"{name}:{os.path.basename(artefact.rstrip('/'))}"
     row = {"method": method, "sampler": cfg.sampler, "steps": cfg.steps, "nfe": samplers.nfe(name, cfg.steps),
            "stride": cfg.stride, "w": cfg.w, "seed": cfg.seed, "features": problem.label, "teacher": teacher,
            "metrics_backend": cfg.metrics_backend, "time": time.time(), **out}
     rundir.update_results(results_dir, {"evaluations": {cfg.result_key(): row}})
-    return row
+    return row if samples is None else {**row, "samples": samples}
