@@ -69,8 +69,8 @@ def test_kid_matches_loops(small, block_size):
     got, got_std = metrics.kid_with_std(x, y, block_size=block_size)
     assert got == pytest.approx(want, rel=1e-10)
     assert metrics.kid(x, y, block_size=block_size) == got
-    if block_size >= 37:
-        assert math.isnan(got_std) and math.isnan(want_std)
+    if block_size >= 37:  # one block: no standard error (tensorflow-gan: NaN)
+        assert got_std is None and math.isnan(want_std)
     else:
         assert got_std == pytest.approx(want_std, rel=1e-10)
 
@@ -82,6 +82,16 @@ def test_kid_is_within_its_error_for_one_distribution_and_far_off_for_two():
     assert abs(kid) < 2 * std
     kid, std = metrics.kid_with_std(a, b + 0.5, block_size=100)
     assert kid > 10 * std
+
+
+def test_evaluation_metrics_of_one_kid_block_are_valid_json():
+    """400 samples are one KID block: its std is None, never NaN (results.json is strict JSON)."""
+    from pipeline.evaluate import metrics as evaluation_metrics
+
+    rng = np.random.default_rng(4)
+    m = evaluation_metrics(rng.normal(size=(400, 5)), None, rng.normal(size=(400, 5)) + 0.2)
+    assert m["kid_std"] is None and m["kid"] > 0
+    assert json.loads(json.dumps(m, allow_nan=False)) == m
 
 
 def test_frechet_matches_scipy(small):
@@ -140,8 +150,8 @@ def test_agrees_with_tensorflow_gan(case):
     a, b = np.load(DATA / case["a"]), np.load(DATA / case["b"])
     kid, std = metrics.kid_with_std(a, b, block_size=case["block_size"])
     assert kid == pytest.approx(case["kid"], rel=1e-4)
-    if case["kid_std"] is None:
-        assert math.isnan(std)
+    if case["kid_std"] is None:  # one block: tensorflow-gan gives NaN
+        assert std is None
     else:
         assert std == pytest.approx(case["kid_std"], rel=1e-4)
     assert metrics.frechet_distance(a, b) == pytest.approx(case["fid"], rel=1e-4)

@@ -53,12 +53,14 @@ def block_estimates(feats_a, feats_b, block_size: int = 1024) -> np.ndarray:
     return np.array([mmd2_unbiased(a[ia[i]:ia[i + 1]], b[ib[i]:ib[i + 1]]) for i in range(n_blocks)])
 
 
-def kid_with_std(feats_a, feats_b, block_size: int = 1024) -> tuple[float, float]:
+def kid_with_std(feats_a, feats_b, block_size: int = 1024) -> tuple[float, float | None]:
     """(KID, its standard error) = (mean of the block estimates, their Bessel-corrected std
-    / sqrt(blocks)); the std is NaN for a single block, as in tensorflow-gan."""
+    / sqrt(blocks)). With at most block_size samples there is one block and no spread to
+    estimate the error from: the std is None (tensorflow-gan divides by blocks - 1 = 0 and
+    returns NaN, which JSON results cannot hold)."""
     ests = block_estimates(feats_a, feats_b, block_size)
     if len(ests) < 2:
-        return float(ests.mean()), float("nan")
+        return float(ests.mean()), None
     return float(ests.mean()), float(np.sqrt(ests.var(ddof=1) / len(ests)))
 
 
