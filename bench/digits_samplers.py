@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 SAMPLERS = [("ddpm", "linear"), ("ddpm", "quadratic"), ("ddim", "linear"), ("ddim", "quadratic"),
-            ("accel-ddim", "quadratic"), ("accel-ddpm", "quadratic"), ("accel-ddpm", "logsnr"),
+            ("accel-ddim", "linear"), ("accel-ddim", "quadratic"), ("accel-ddpm", "quadratic"), ("accel-ddpm", "logsnr"),
             ("dpm-solver++2m", "logsnr")]
 
 
