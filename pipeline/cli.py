@@ -1,13 +1,15 @@
 """The `ddss` command. Each subcommand lives in pipeline/commands/<module>.py and defines
 NAME, HELP, EXAMPLE, add_arguments(parser) and run(args) -> int.
 
-Bad input (pipeline.errors.UserError) prints one line and exits with code 2.
+Bad input (pipeline.errors.UserError) and a sampler that diverges (SamplerDiverged) print one
+line and exit with code 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import textwrap
 
 from pipeline.errors import UserError
 
@@ -24,6 +26,32 @@ COMMANDS = [
 ]
 
 
+EXAMPLES = """examples:
+  ddss demo --quick                                   the whole pipeline on digits, tiny budgets
+  ddss train-teacher --run-dir runs/teacher-digits    train the digits teacher
+  ddss search --teacher runs/teacher-digits --steps 5 --run-dir runs/ddss-k5
+  ddss evaluate --teacher runs/teacher-digits --sampler ggdm:runs/ddss-k5/sampler --steps 5
+  ddss sample --teacher runs/teacher-digits --sampler ddim --steps 10 --out ddim10.npz
+
+`ddss COMMAND --help` shows each command's options and an example."""
+
+
+MAX_MESSAGE = 500  # characters of an error line (library messages can quote whole specs)
+
+
+def _one_line(e: BaseException) -> str:
+    """The error as one line, at most MAX_MESSAGE characters."""
+    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def _sampler_errors() -> tuple:
+    """SamplerDiverged, if its module was imported (a command that raised it has imported it;
+    the others need not import JAX for this)."""
+    core = sys.modules.get("pipeline.samplers.core")
+    return (core.SamplerDiverged,) if core is not None else ()
+
+
 def _load_commands():
     mods = []
     for name in COMMANDS:
@@ -37,12 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ddss",
         description="Few-step sampling for pretrained diffusion models: DDSS search, guided "
         "distillation and accelerated samplers, as Ray jobs (local Ray by default).",
-        epilog="Example: ddss demo --quick     (each subcommand's --help shows an example)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _load_commands():
         p = sub.add_parser(
-            mod.NAME, help=mod.HELP, description=mod.HELP, epilog=f"Example: {mod.EXAMPLE}",
+            mod.NAME, help=mod.HELP, description=textwrap.fill(mod.HELP, 88), epilog=f"example:\n  {mod.EXAMPLE}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(p)
@@ -58,8 +87,10 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except UserError as e:
-        print(f"ddss {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        if not isinstance(e, (UserError, *_sampler_errors())):
+            raise
+        print(f"ddss {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ddss {args.command}: interrupted", file=sys.stderr)

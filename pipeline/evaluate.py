@@ -11,7 +11,9 @@ pool in pipeline/distributed/evaluation.py splits it; this module knows nothing 
 What is evaluated is a `Problem`: picklable factories for the model (a teacher-like object:
 `schedule`, `data_shape`, `num_classes` (0: unconditional), `eps_fn(y, w=None)`), the feature
 function and the reference features. A sampler name "NAME:ARTEFACT" loads an artefact with the
-loader registered for NAME (see ARTEFACT_LOADERS).
+loader registered for NAME (see ARTEFACT_LOADERS: DDSS artefacts, distilled students), checked
+against the model it is used with. `preflight(spec)` runs every check that can fail before
+sampling in the driver; `Evaluator.generate` gives the samples themselves (`ddss sample`).
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ class Plan:
 
 ARTEFACT_LOADERS: dict[str, str] = {
     "ggdm": "pipeline.evaluate:load_ggdm_artefact",
+    "student-ddim": "pipeline.evaluate:load_student_artefact",
+    "student-stochastic": "pipeline.evaluate:load_student_artefact",
 }
 
 
@@ -74,14 +78,43 @@ def split_sampler(sampler: str) -> tuple[str, str | None]:
     return name, (artefact if sep else None)
 
 
+def check_made_for(what: str, model, *, schedule: str | None = None, data_shape=None, num_classes: int | None = None):
+    """UserError unless the model has the schedule, data shape and class count an artefact was
+    made for (None: not recorded, not checked)."""
+    have = {"schedule": getattr(model.schedule, "name", None), "data shape": tuple(model.data_shape),
+            "classes": int(getattr(model, "num_classes", 0) or 0)}
+    made = {"schedule": schedule, "data shape": None if data_shape is None else tuple(data_shape), "classes": num_classes}
+    for key, value in made.items():
+        if value is not None and have[key] is not None and value != have[key]:
+            raise UserError(f"{what} was made for a model with {key} {_show(value)}, but the teacher has {_show(have[key])}")
+
+
+def _show(v) -> str:
+    return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
 def load_ggdm_artefact(path: str, model) -> Plan:
-    """A DDSS artefact (GGDM parameters found by the search, pipeline.ddss) for "ggdm"; its
-    guidance weight is the default w."""
+    """A DDSS artefact (GGDM parameters found by the search, pipeline.ddss) for "ggdm", checked
+    against the model's schedule and data shape; its guidance weight is the default w."""
     from pipeline import ddss
     from pipeline.samplers import ggdm
 
     art = ddss.load_artefact(path)
-    return Plan(kwargs={"params": art["params"]}, steps=ggdm.num_steps(art["params"]), w=art["meta"].get("guidance"))
+    meta = art["meta"]
+    check_made_for(f"DDSS sampler artefact {path}", model, schedule=meta.get("schedule"), data_shape=meta.get("data_shape"))
+    return Plan(kwargs={"params": art["params"]}, steps=ggdm.num_steps(art["params"]), w=meta.get("guidance"))
+
+
+def load_student_artefact(path: str, model) -> Plan:
+    """A distilled student (pipeline.distill; a round directory or a distillation root) for
+    "student-ddim" / "student-stochastic": its eps_fn, grid and step count, checked against the
+    model's schedule, data shape and classes."""
+    from pipeline.distill.student import load_student
+
+    st = load_student(path)
+    check_made_for(f"student {path}", model, schedule=st.schedule.name, data_shape=st.data_shape,
+                   num_classes=st.num_classes)
+    return Plan(eps_fn=st.eps_fn, grid=st.grid, steps=st.steps)
 
 
 # ----------------------------------------------------------------------------------------
@@ -123,6 +156,7 @@ class EvaluateConfig:
         config.check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
         config.check(self.num_samples >= 2, "num_samples", f"must be >= 2 (KID needs two), got {self.num_samples}")
         config.check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        config.check(self.w is None or math.isfinite(self.w), "w", f"must be a finite guidance weight, got {self.w}")
         config.check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         config.check(self.kid_samples is None or self.kid_samples >= 2, "kid_samples", "must be >= 2")
         config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}")
@@ -148,14 +182,14 @@ class Problem:
 
     model(): a teacher-like object; features(): feature_fn(x [B, ...]) -> [B, F] (jittable), or
     None for the flattened samples themselves; reference(feature_fn): reference features [M, F]
-    (NumPy). label: how results name the feature space ("digit-classifier", ...). prepare():
-    run once by the driver before the workers start (e.g. train and cache a feature network).
+    (NumPy; None: sampling only). label: how results name the feature space ("digit-classifier",
+    ...). prepare(): run once by the driver before the workers start (e.g. train and cache a feature network).
     moments=False: the "features" are images for the driver to featurize (Inception), so the
     workers return them whole and compute no moments.
     """
 
     model: Callable[[], Any]
-    reference: Callable[[Callable], np.ndarray]
+    reference: Callable[[Callable], np.ndarray] | None = None  # None: sampling only, nothing to score
     features: Callable[[], Callable] | None = None
     label: str = "samples"
     prepare: Callable[[], Any] | None = None
@@ -236,6 +270,43 @@ def _flatten(x):
     return x.reshape(x.shape[0], -1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """What a spec samples with, checked against its model: the sampler name, the artefact's
+    Plan, the time grid (steps + 1 times) and the guidance weight."""
+
+    name: str
+    plan: Plan
+    grid: np.ndarray
+    w: float | None
+
+
+def resolve(spec: EvalSpec, model) -> Resolved:
+    """Load the spec's artefact (if any) for `model` and check it: sampler name, step count,
+    grid, the model it was made for (UserError, one line)."""
+    from pipeline import samplers, schedules
+
+    spec.validate()
+    name, artefact = split_sampler(spec.sampler)
+    samplers.get(name)  # validates the name
+    plan = artefact_loader(name)(artefact, model) if artefact is not None else Plan()
+    steps = spec.steps
+    if plan.steps is not None and plan.steps != steps:
+        raise UserError(f"{spec.sampler} was made for {plan.steps} steps, not --steps {steps}")
+    grid = plan.grid if plan.grid is not None else schedules.time_grid(steps, spec.stride, model.schedule)
+    grid = np.asarray(grid, np.float64)
+    if grid.shape != (steps + 1,):
+        raise UserError(f"{spec.sampler}: its time grid has {grid.shape[0] - 1} steps, not {steps}")
+    return Resolved(name, plan, grid, spec.w if spec.w is not None else plan.w)
+
+
+def preflight(spec: EvalSpec) -> None:
+    """Build the spec's model and resolve its sampler here, so that a missing or corrupt
+    checkpoint, a model that does not match its checkpoint or an artefact made for another
+    model fails (one line) before any worker starts."""
+    resolve(spec, spec.problem.model())
+
+
 class Evaluator:
     """Builds the model, sampler plan and feature function of `spec` once; `run(b0, b1)`
     generates and featurizes blocks [b0, b1)."""
@@ -244,27 +315,17 @@ class Evaluator:
         import jax
         import jax.numpy as jnp
 
-        from pipeline import samplers, schedules
+        from pipeline import samplers
 
         self.spec = spec.validate()
-        name, artefact = split_sampler(spec.sampler)
-        samplers.get(name)  # validates the name
         model = spec.problem.model()
-        plan = artefact_loader(name)(artefact, model) if artefact is not None else Plan()
-        steps = spec.steps
-        if plan.steps is not None and plan.steps != steps:
-            raise UserError(f"{spec.sampler} was made for {plan.steps} steps, not --steps {steps}")
-        grid = plan.grid if plan.grid is not None else schedules.time_grid(steps, spec.stride, model.schedule)
-        grid = np.asarray(grid, np.float64)
-        if grid.shape != (steps + 1,):
-            raise UserError(f"{spec.sampler}: its time grid has {grid.shape[0] - 1} steps, not {steps}")
+        r = resolve(spec, model)
         self.model = model
         self.feature_fn = spec.problem.features() if spec.problem.features is not None else _flatten
-        make_eps = plan.eps_fn or model.eps_fn
-        num_classes = int(getattr(model, "num_classes", 0) or 0)
+        make_eps = r.plan.eps_fn or model.eps_fn
+        self.num_classes = num_classes = int(getattr(model, "num_classes", 0) or 0)
         shape = tuple(model.data_shape)
-        w = spec.w if spec.w is not None else plan.w
-        sched, seed, kw = model.schedule, spec.seed, dict(plan.kwargs)
+        name, grid, w, sched, seed, kw = r.name, r.grid, r.w, model.schedule, spec.seed, dict(r.plan.kwargs)
         feature_fn = self.feature_fn
 
         def block(idx):
@@ -287,11 +348,24 @@ class Evaluator:
         if int(bad):
             raise SamplerDiverged(
                 f"sampler {self.spec.sampler!r} produced non-finite values at step {int(bad)} of "
-                f"{self.spec.steps} (samples {start}..{stop - 1})"
+                f"{self.spec.steps} (samples {start}..{stop - 1}); check the model's parameters, the "
+                f"guidance weight and the step count"
             )
         n = stop - start
         feats = np.asarray(feats, np.float32)[:n]
         return np.asarray(x0)[:n], (feats.reshape(n, -1) if self.spec.problem.moments else feats)
+
+    def generate(self, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """All the spec's samples, clipped to the data range [-1, 1], and their labels (index %
+        num_classes; None for an unconditional model): the samples an evaluation scores."""
+        images = []
+        for b in range(self.spec.num_blocks):
+            x, _ = self.samples(b)
+            images.append(np.clip(x, -1.0, 1.0))
+            if progress is not None:
+                progress(len(x))
+        n = self.spec.num_samples
+        return np.concatenate(images), (np.arange(n, dtype=np.int32) % self.num_classes if self.num_classes else None)
 
     def run(self, block_start: int, block_stop: int, progress: Callable[[int], None] | None = None) -> RangeResult:
         """Features and per-block moments of blocks [block_start, block_stop)."""
@@ -426,13 +500,30 @@ def _digits_reference(feature_fn):
     return np.asarray(feature_fn(images))
 
 
+def teacher_dir(run_dir) -> str:
+    """The absolute path of a teacher's run directory (UserError if it is none)."""
+    from pipeline import rundir
+
+    path = os.path.abspath(os.fspath(run_dir))
+    if not os.path.isdir(path):
+        raise UserError(f"teacher run directory not found: {run_dir}")
+    if not os.path.isfile(os.path.join(path, rundir.CONFIG)):
+        raise UserError(f"{run_dir} is not a teacher run directory (no {rundir.CONFIG})")
+    return path
+
+
+def sampling_problem(run_dir) -> Problem:
+    """A trained teacher to sample from (no features, no reference)."""
+    return Problem(functools.partial(_load_teacher, teacher_dir(run_dir)))
+
+
 def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False) -> Problem:
     """A trained teacher (pipeline.train.load_teacher) in its data set's feature space: the
     digit classifier's penultimate layer for digits (label "digit-classifier"), or with
     inception=True the images themselves, for the driver to put through Inception."""
     from pipeline import rundir
 
-    run_dir, cache_dir = os.path.abspath(run_dir), os.path.abspath(cache_dir)
+    run_dir, cache_dir = teacher_dir(run_dir), os.path.abspath(cache_dir)
     data = (rundir.read_config(run_dir).get("data") or {}).get("name", "digits")
     model = functools.partial(_load_teacher, run_dir)
     if data != "digits":
@@ -441,3 +532,10 @@ def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False) -> Pro
         return Problem(model, reference=_digits_reference, features=_identity, label="inception", moments=False)
     return Problem(model, reference=_digits_reference, features=functools.partial(_digit_features, cache_dir),
                    label="digit-classifier", prepare=functools.partial(_digit_features, cache_dir))
+
+
+def eval_spec(cfg: EvaluateConfig) -> EvalSpec:
+    """The EvalSpec of an EvaluateConfig (its teacher in digit-classifier or Inception features)."""
+    problem = teacher_problem(cfg.teacher, cfg.cache_dir, inception=cfg.inception_path is not None)
+    return EvalSpec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride, w=cfg.w,
+                    batch_size=cfg.batch_size, kid_samples=cfg.kid_samples)

@@ -17,7 +17,8 @@ def add_arguments(p):
     which = p.add_mutually_exclusive_group()
     which.add_argument("--round", type=int, metavar="R", help="run round R only (round R-1 must have finished)")
     which.add_argument("--until", type=int, metavar="STEPS", help="run the rounds down to a STEPS-step student")
-    p.add_argument("--dir", metavar="D", help="where the rounds go (default RUN_DIR/distill)")
+    p.add_argument("--dir", "--run-dir", dest="dir", metavar="D",
+                   help="where the rounds go (default RUN_DIR/distill); a round found there resumes from its latest checkpoint")
     p.add_argument("--config", default="configs/distill.yaml", help="a YAML distillation job config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. distill.seed=1 (repeatable)")
     p.add_argument("--workers", type=int, metavar="W", help="Ray Train workers (0: in this process, no Ray)")

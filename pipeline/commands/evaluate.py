@@ -19,7 +19,8 @@ _FLAGS = {
 
 
 def add_arguments(p):
-    p.add_argument("--config", help="a YAML config (configs/evaluate.yaml); flags override it")
+    p.add_argument("--config", help="a YAML config (configs/evaluate.yaml); --set and flags override it")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. max_failures=1 (repeatable)")
     p.add_argument("--teacher", metavar="RUN_DIR", help="the teacher's run directory")
     p.add_argument("--sampler", metavar="NAME[:ARTEFACT]",
                    help="ddim, ddpm, dpm-solver++2m, ...; ggdm:PATH (a DDSS artefact), student-ddim:RUN_DIR")
@@ -33,7 +34,8 @@ def add_arguments(p):
     p.add_argument("--inception-path", metavar="P", help="TF-Hub Inception module directory (real data)")
     p.add_argument("--batch-size", type=int, help="samples per jitted block (default 100)")
     p.add_argument("--kid-samples", type=int, help="KID on the first N samples (default: all)")
-    p.add_argument("--results-dir", help="where results.json is (default: the teacher's run)")
+    p.add_argument("--results-dir", "--run-dir", dest="results_dir", metavar="D",
+                   help="the run directory whose results.json gets the row (default: the teacher's run)")
     p.add_argument("--cache-dir", help="feature-network cache (default .cache)")
     p.add_argument("--worker-gpus", type=float, help="GPUs per actor (0.5: two actors per GPU)")
     p.add_argument("--address", help="a Ray cluster to join (default RAY_ADDRESS, else a local Ray on 127.0.0.1)")
@@ -41,11 +43,14 @@ def add_arguments(p):
 
 def run(args) -> int:
     from pipeline import config
+    from pipeline.commands.train_teacher import parse_sets
     from pipeline.distributed.evaluation import run_evaluation
-    from pipeline.evaluate import EvaluateConfig
+    from pipeline.evaluate import EvaluateConfig, eval_spec, preflight
 
-    overrides = {key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None}
+    overrides = parse_sets(args.set)
+    overrides.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
     cfg = config.load(EvaluateConfig, args.config, overrides)
+    preflight(eval_spec(cfg))  # a bad teacher or artefact fails here, before any actor starts
     row = run_evaluation(cfg, address=args.address)
     print(json.dumps({k: row[k] for k in ("sampler", "steps", "nfe", "num_samples", "workers", "kid", "fd",
                                          "wall_s", "samples_per_s")}, indent=2))

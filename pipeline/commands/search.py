@@ -23,9 +23,11 @@ def add_arguments(p):
     p.add_argument("--gmm", metavar="PRESET", help="instead of a teacher: a Gaussian mixture with its exact denoiser (ring2d, mix16d)")
     p.add_argument("--steps", type=int, metavar="K", help="sampler steps (= model evaluations per sample)")
     p.add_argument("--variant", choices=VARIANTS, help="GGDM family (default ggdm+pred+time)")
-    p.add_argument("--config", help="a YAML config (configs/ddss_search.yaml); flags override it")
-    p.add_argument("--run-dir", metavar="D", help="the run directory (default runs/ddss-<time>-<id>)")
-    p.add_argument("--resume", action="store_true", help="continue --run-dir from its latest checkpoint")
+    p.add_argument("--config", help="a YAML config (configs/ddss_search.yaml); --set and flags override it")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_samples=500 (repeatable)")
+    p.add_argument("--run-dir", metavar="D", help="the run directory (default runs/ddss-<time>-<id>); must be new or empty")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --run-dir from its latest checkpoint with its config.yaml (only --workers may change)")
     p.add_argument("--workers", type=int, metavar="W", help="Ray Train workers (0: in this process, no Ray)")
     p.add_argument("--train-steps", type=int, metavar="N", help="gradient steps")
     p.add_argument("--batch-size", type=int, metavar="B", help="chains per step, global")
@@ -36,10 +38,12 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from pipeline import config, ddss, rundir
+    from pipeline import config, ddss, rundir, train
+    from pipeline.commands.train_teacher import parse_sets
     from pipeline.errors import UserError
 
-    overrides = {key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None}
+    overrides = parse_sets(args.set)
+    overrides.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
     if bool(args.teacher) != bool(args.gmm):  # one given on the command line replaces the config's other
         overrides.setdefault("teacher", "")
         overrides.setdefault("gmm", "")
@@ -51,6 +55,8 @@ def run(args) -> int:
         cfg = ddss.load_config(base, overrides)
     else:
         cfg = ddss.load_config(args.config, overrides)
+    if cfg.teacher:  # a missing, corrupt or mismatched teacher fails here, before the run directory is made
+        train.load_teacher(cfg.teacher)
     result = ddss.search(cfg, run_dir=args.run_dir, resume=args.resume, address=args.address)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -59,15 +60,33 @@ def load_artefact(path) -> dict:
             meta = json.load(f)
         with np.load(os.path.join(path, PARAMS), allow_pickle=False) as z:
             params = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"sampler artefact {path} is unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"sampler artefact {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise UserError(f"sampler artefact {path} has format {found!r}, expected {FORMAT!r}")
+    _check_params(path, params)
     variant = ggdm.variant_of(params)
     if variant != meta.get("variant") or ggdm.num_steps(params) != meta.get("K"):
         raise UserError(f"sampler artefact {path}: params.npz ({variant}, K={ggdm.num_steps(params)}) "
                         f"disagrees with meta.json ({meta.get('variant')}, K={meta.get('K')})")
     return {"params": params, "meta": meta}
+
+
+def _check_params(path, params: dict):
+    """UserError unless params are one GGDM variant's float arrays, of one K, all finite."""
+    try:
+        ggdm.variant_of(params)
+    except UserError as e:
+        raise UserError(f"sampler artefact {path}: {e}") from None
+    K = np.shape(params["sigma"])[0] if np.ndim(params["sigma"]) == 1 else 0
+    for name, value in sorted(params.items()):
+        want = (K, K) if name in ("mu_x", "mu_pred") else (K,)
+        if not K or np.shape(value) != want:
+            raise UserError(f"sampler artefact {path}: {name} has shape {np.shape(value)}, expected "
+                            f"{list(want) if K else '[K] (sigma is a vector of K noise scales)'}")
+        if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
+            raise UserError(f"sampler artefact {path}: {name} holds non-finite or non-float values")
 
 
 def load_ggdm(path) -> dict:
