@@ -281,14 +281,24 @@ class Resolved:
     w: float | None
 
 
+def _check_sampler(spec: EvalSpec) -> tuple[str, str | None]:
+    """(sampler name, artefact path or None) of a valid spec whose sampler exists and, if it
+    names an artefact, has an artefact loader."""
+    from pipeline import samplers
+
+    name, artefact = split_sampler(spec.validate().sampler)
+    samplers.get(name)  # validates the name
+    if artefact is not None:
+        artefact_loader(name)
+    return name, artefact
+
+
 def resolve(spec: EvalSpec, model) -> Resolved:
     """Load the spec's artefact (if any) for `model` and check it: sampler name, step count,
     grid, the model it was made for (UserError, one line)."""
-    from pipeline import samplers, schedules
+    from pipeline import schedules
 
-    spec.validate()
-    name, artefact = split_sampler(spec.sampler)
-    samplers.get(name)  # validates the name
+    name, artefact = _check_sampler(spec)
     plan = artefact_loader(name)(artefact, model) if artefact is not None else Plan()
     steps = spec.steps
     if plan.steps is not None and plan.steps != steps:
@@ -304,6 +314,7 @@ def preflight(spec: EvalSpec) -> None:
     """Build the spec's model and resolve its sampler here, so that a missing or corrupt
     checkpoint, a model that does not match its checkpoint or an artefact made for another
     model fails (one line) before any worker starts."""
+    _check_sampler(spec)  # before the model is loaded
     resolve(spec, spec.problem.model())
 
 
@@ -317,7 +328,8 @@ class Evaluator:
 
         from pipeline import samplers
 
-        self.spec = spec.validate()
+        _check_sampler(spec)  # a bad name fails before the model is loaded
+        self.spec = spec
         model = spec.problem.model()
         r = resolve(spec, model)
         self.model = model

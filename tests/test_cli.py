@@ -19,18 +19,19 @@ from pipeline.samplers import ggdm
 TINY = {"model": {"kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}}, "sample": {"fd_samples": 0}}
 
 
-def _write_teacher(run_dir, transform=None):
-    """A teacher run directory: config.yaml and an orbax checkpoint of the initial state
-    (its EMA parameters passed through `transform`)."""
+def _write_teachers(root, **ema_transforms) -> dict:
+    """Teacher run directories root/NAME: config.yaml and an orbax checkpoint of the initial state,
+    its EMA parameters passed through ema_transforms[NAME]."""
     cfg = train.load_config(TINY)
-    os.makedirs(run_dir)
-    rundir.write_config(run_dir, cfg)
     state = train.init_state(train.build_model(cfg.model, 10), train.make_optimizer(cfg.train), (8, 8, 1), 0)
-    if transform is not None:
-        state = {**state, "ema": jax.tree.map(transform, state["ema"])}
-    with checkpoint.Checkpointer(rundir.checkpoint_dir(run_dir)) as ck:
-        ck.save(0, state)
-    return str(run_dir)
+    out = {}
+    for name, transform in ema_transforms.items():
+        out[name] = str(root / name)
+        os.makedirs(out[name])
+        rundir.write_config(out[name], cfg)
+        with checkpoint.Checkpointer(rundir.checkpoint_dir(out[name])) as ck:
+            ck.save(0, {**state, "ema": jax.tree.map(transform, state["ema"])})
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,9 @@ def teachers(tmp_path_factory):
     """{"good", "missing" (no checkpoint), "corrupt" (garbled arrays), "mismatch" (config.yaml
     names a wider model than its checkpoint holds), "inf" (parameters +inf)}."""
     root = tmp_path_factory.mktemp("teachers")
-    good = _write_teacher(root / "good")
-    out = {"good": good, "inf": _write_teacher(root / "inf", lambda a: np.full(a.shape, np.inf, a.dtype))}
+    out = _write_teachers(root, good=lambda a: a, inf=lambda a: np.full(a.shape, np.inf, a.dtype))
     for name in ("missing", "corrupt", "mismatch"):
-        out[name] = str(shutil.copytree(good, root / name))
+        out[name] = str(shutil.copytree(out["good"], root / name))
     shutil.rmtree(rundir.checkpoint_dir(out["missing"]))
     for p in (root / "corrupt").rglob("*"):
         if p.is_file() and p.parent.name == "d":
