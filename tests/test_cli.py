@@ -221,6 +221,30 @@ def test_artefact_for_another_model_or_step_count_is_one_line(gmm_search, teache
     assert _snapshot(t) == before
 
 
+def test_student_of_another_teacher_is_one_line(teachers, tmp_path, capsys):
+    """A finished round-0 student (written as ddss distill writes one) of a teacher on the linear
+    schedule, used with the cosine teacher."""
+    from pipeline.distill import config as dconfig
+    from pipeline.distill import rounds
+
+    linear = str(shutil.copytree(teachers["good"], tmp_path / "linear"))
+    cfg = rundir.read_config(linear)
+    cfg["schedule"] = "linear"
+    rundir.write_config(linear, cfg)
+    dcfg = dconfig.load({"teacher": linear, "dir": str(tmp_path / "distill"), "start_steps": 4})
+    d = rounds.prepare_round(dcfg, str(tmp_path / "distill"), 0)
+    with checkpoint.Checkpointer(rounds.student_dir(str(tmp_path / "distill"), 0), max_to_keep=1) as ck:
+        ck.save(0, {"params": train.load_teacher(linear).params})
+    rundir.update_results(d, {"round": 0, "steps": 4, "finished": True})
+    t = teachers["good"]
+    before = _snapshot(t, tmp_path)
+    _fails(["sample", "--teacher", t, "--sampler", f"student-ddim:{tmp_path / 'distill'}", "--steps", 4,
+            "--out", tmp_path / "s.npz"], capsys, "student", "schedule linear", "cosine")
+    _fails(["evaluate", "--teacher", t, "--sampler", f"student-stochastic:{d}", "--steps", 4, "--workers", 1],
+           capsys, "schedule linear")
+    assert _snapshot(t, tmp_path) == before
+
+
 # ---------------------------------------------------------------------------------------
 # ddss sample, and samplers that diverge.
 
