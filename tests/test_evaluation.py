@@ -167,6 +167,25 @@ def test_user_error_in_an_actor_is_one_line(local_ray):
                             resources=HALF_CPU, progress=False)
 
 
+@pytest.mark.ray
+def test_one_pool_serves_many_specs_with_the_same_numbers(pool_results, local_result, local_ray):
+    """EvalPool: specs evaluated together and one after another on the same two actors give the
+    numbers of a pool per spec; a spec's bad input takes its place without stopping the others."""
+    from pipeline.distributed import evaluation
+
+    bad = E.EvalSpec(PROBLEM, "ddim:x", steps=4, num_samples=8)
+    with evaluation.EvalPool(2, resources=HALF_CPU) as pool:
+        outs = evaluation.evaluate_many([spec(), bad, spec("ddim")], workers=2, pool=pool, progress=False,
+                                        keep_samples=5, return_errors=True)
+        again = evaluation.evaluate(spec(), workers=2, pool=pool, progress=False)
+        assert pool.actors_started == 2 and len(pool.references) == 1  # one reference for the problem
+    assert outs[0]["kid"] == pool_results[1]["kid"] and outs[0]["fd"] == pool_results[1]["fd"]
+    assert again["kid"] == pool_results[1]["kid"] and again["fd"] == pool_results[1]["fd"]
+    assert isinstance(outs[1], UserError) and "takes no artefact" in str(outs[1])
+    assert outs[2]["fd"] != outs[0]["fd"]  # ddim's own numbers, not ddpm's
+    np.testing.assert_array_equal(outs[0]["samples"], local_result["samples"][:5])
+
+
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     """A two-step digits teacher with a very small U-Net (its samples are noise: only the

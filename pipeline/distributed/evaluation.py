@@ -29,6 +29,9 @@ _LOST = (
 )
 
 
+KEEP_EVALUATORS = 4  # compiled evaluations an actor keeps (EvalPool.run_many interleaves specs)
+
+
 class EvalActor:
     """One evaluation worker, kept across evaluations: `ready()` imports JAX and answers; every
     call names its evaluation (a number) and spec; the actor builds that spec's Evaluator on the
@@ -40,7 +43,7 @@ class EvalActor:
             from pipeline.distributed.spmd import _pin_to_core
 
             _pin_to_core(pin_core)
-        self.current = (None, None)  # (evaluation number, Evaluator)
+        self.evaluators = collections.OrderedDict()  # evaluation number -> Evaluator, the latest few
         self.problems: dict = {}  # problem key -> Problem whose factories return the built objects
 
     def ready(self) -> str:
@@ -61,9 +64,11 @@ class EvalActor:
     def _evaluator(self, number: int, key: str, spec):
         from pipeline.evaluate import Evaluator
 
-        if self.current[0] != number:
-            self.current = (number, Evaluator(dataclasses.replace(spec, problem=self._problem(key, spec.problem))))
-        return self.current[1]
+        if number not in self.evaluators:
+            self.evaluators[number] = Evaluator(dataclasses.replace(spec, problem=self._problem(key, spec.problem)))
+            while len(self.evaluators) > KEEP_EVALUATORS:
+                self.evaluators.popitem(last=False)
+        return self.evaluators[number]
 
     def run(self, number: int, key: str, spec, block_start: int, block_stop: int, keep: int = 0):
         """(RangeResult of blocks [block_start, block_stop), the samples among the first `keep`
@@ -79,6 +84,10 @@ class EvalActor:
     def reference(self, number: int, key: str, spec):
         return self._evaluator(number, key, spec).reference()
 
+    def prepare(self, fn, *args) -> None:
+        """fn(*args) for its side effect (e.g. train and cache a feature network)."""
+        fn(*args)
+
 
 @dataclasses.dataclass
 class PoolStats:
@@ -89,6 +98,8 @@ class PoolStats:
     retried: int = 0
     done: list = dataclasses.field(default_factory=list)  # (perf_counter time, samples, actor number) per range
     cpu_s: float = 0.0  # CPU time the actors spent generating and featurizing
+    started: float | None = None  # perf_counter time its first work unit was handed out
+    finished: float | None = None  # ... and its last range came back
 
     def steady_rate(self) -> float | None:
         """Samples/s once every actor that finished work had finished its first range (start-up
@@ -172,6 +183,7 @@ class EvalPool:
         self.node_of: dict = {}  # actor -> its node id
         self.number: dict = {}  # actor -> the order it was started in
         self.references: dict = {}  # problem key -> reference features
+        self.preparing: list = []  # refs of prepare() calls the next run waits for
         self.evaluations = 0
         for _ in range(workers):
             self._start_actor()
@@ -182,6 +194,22 @@ class EvalPool:
         self.number[actor] = self.actors_started
         self.actors_started += 1
         self.starting[actor.ready.remote()] = actor
+
+    def prepare(self, fn, *args):
+        """Run fn(*args) (e.g. train the feature network into its cache) in one of the actors
+        while the driver goes on with other work; the next evaluation waits for it first."""
+        actor = next(iter(self.starting.values()), None) or self.idle[0]
+        self.preparing.append(actor.prepare.remote(fn, *args))
+
+    def wait_prepared(self):
+        """Wait for the prepare() calls (re-raising a user-facing error from one as itself); any
+        driver thread may call it, any number of times."""
+        import ray
+
+        try:
+            ray.get(list(self.preparing))
+        except ray.exceptions.RayTaskError as e:
+            _raise_task_error(e)
 
     def __enter__(self):
         return self
@@ -199,10 +227,18 @@ class EvalPool:
 
     def run(self, spec, *, blocks_per_range: int = 1, progress: bool = True, keep_samples: int = 0,
             on_range_done: Callable[[dict], None] | None = None):
-        """Evaluate `spec` (pipeline.evaluate.EvalSpec) on the pool.
+        """Evaluate `spec` (pipeline.evaluate.EvalSpec) on the pool: run_many([spec])[0]."""
+        return self.run_many([spec], blocks_per_range=blocks_per_range, progress=progress, keep_samples=keep_samples,
+                             on_range_done=on_range_done)[0]
 
-        Returns (results: list of RangeResult, reference features, PoolStats, samples [n, ...]
-        of indices 0..n-1 with n = min(keep_samples, num_samples), or None if keep_samples = 0).
+    def run_many(self, specs, *, blocks_per_range: int = 1, progress: bool = True, keep_samples: int = 0,
+                 on_range_done: Callable[[dict], None] | None = None, return_errors: bool = False) -> list:
+        """Evaluate several specs at once: their ranges share the actors (one spec's compilation
+        overlaps another's sampling). Returns, per spec, (results: list of RangeResult, reference
+        features, PoolStats, samples [n, ...] of indices 0..n-1 with n = min(keep_samples,
+        num_samples), or None if keep_samples = 0). A UserError or SamplerDiverged raised for a
+        spec ends everything with that error, or with return_errors=True takes that spec's place
+        in the list (the other specs go on).
         on_range_done(info) is called on the driver after each finished range with
         info = {"done": samples done, "busy": [(actor, node id)] of the actors holding a range}.
         """
@@ -210,18 +246,23 @@ class EvalPool:
         from tqdm.auto import tqdm
 
         from pipeline.evaluate import ranges
+        from pipeline.samplers.core import SamplerDiverged
 
-        spec.validate()
-        self.evaluations += 1
-        number, key = self.evaluations, problem_key(spec.problem)
-        spec_ref = ray.put(spec)
-        keep = min(keep_samples, spec.num_samples)
-        stats = PoolStats(actors_started=self.actors_started)
-        todo = collections.deque([("range", r) for r in ranges(spec, blocks_per_range)])
-        if key not in self.references:
-            todo.appendleft(("reference", None))
+        self.wait_prepared()
+        jobs = []  # per spec: its number, problem key, object ref, kept samples, stats, results, images
+        todo = collections.deque()
+        for i, spec in enumerate(specs):
+            spec.validate()
+            self.evaluations += 1
+            key = problem_key(spec.problem)
+            jobs.append({"number": self.evaluations, "key": key, "ref": ray.put(spec), "spec": spec,
+                         "keep": min(keep_samples, spec.num_samples), "stats": PoolStats(actors_started=self.actors_started),
+                         "results": [], "images": {}, "error": None, "done": 0})
+            if key not in self.references and not any(u[1] == "reference" and jobs[u[0]]["key"] == key for u in todo):
+                todo.append((i, "reference", None))
+            todo.extend((i, "range", r) for r in ranges(spec, blocks_per_range))
         busy: dict = {}  # result ref -> (actor, unit)
-        results, images, failures = [], {}, 0
+        failures = 0
 
         def lost(e):
             nonlocal failures
@@ -230,19 +271,27 @@ class EvalPool:
                 raise RuntimeError(f"evaluation lost {failures} actors (max_failures={self.max_failures}); "
                                    f"last: {type(e).__name__}") from e
             self._start_actor()
-            stats.actors_started = self.actors_started
+            for job in jobs:
+                job["stats"].actors_started = self.actors_started
 
-        bar = tqdm(total=spec.num_samples, desc=f"evaluate {spec.sampler} K={spec.steps}", unit="sample",
-                   disable=not progress, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
+        desc = f"evaluate {specs[0].sampler} K={specs[0].steps}" if len(specs) == 1 else f"evaluate {len(specs)} samplers"
+        bar = tqdm(total=sum(s.num_samples for s in specs), desc=desc, unit="sample", disable=not progress,
+                   file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
         try:
             while todo or busy:
                 while self.idle and todo:
                     actor, unit = self.idle.pop(), todo.popleft()
-                    if unit[0] == "reference":
-                        ref = actor.reference.remote(number, key, spec_ref)
-                    else:
-                        ref = actor.run.remote(number, key, spec_ref, *unit[1], keep)
+                    job = jobs[unit[0]]
+                    if job["error"] is not None and unit[1] == "range":
+                        self.idle.append(actor)
+                        continue
+                    if job["stats"].started is None:
+                        job["stats"].started = time.perf_counter()
+                    args = (job["number"], job["key"], job["ref"])
+                    ref = actor.reference.remote(*args) if unit[1] == "reference" else actor.run.remote(*args, *unit[2], job["keep"])
                     busy[ref] = (actor, unit)
+                if not busy and not self.starting:
+                    continue
                 ready, _ = ray.wait(list(busy) + list(self.starting), num_returns=1)
                 ref = ready[0]
                 if ref in self.starting:
@@ -250,38 +299,49 @@ class EvalPool:
                     try:
                         self.node_of[actor] = ray.get(ref)
                         self.idle.append(actor)
-                    except ray.exceptions.RayTaskError as e:
-                        _raise_task_error(e)
                     except ray.exceptions.RayError as e:
                         if not _is_lost(e):
                             raise
                         lost(e)
                     continue
                 actor, unit = busy.pop(ref)
+                job = jobs[unit[0]]
                 try:
                     value = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:
-                    _raise_task_error(e)
+                    self.idle.append(actor)  # the actor is fine: the error is its input's
+                    cause = getattr(e, "cause", None)
+                    if unit[1] == "reference" or not (return_errors and isinstance(cause, (UserError, SamplerDiverged))):
+                        _raise_task_error(e)
+                    if job["error"] is None:
+                        job["error"] = cause
+                        bar.update(job["spec"].num_samples - job["done"])
+                    continue
                 except ray.exceptions.RayError as e:
                     if not _is_lost(e):
                         raise
-                    stats.retried += 1
+                    job["stats"].retried += 1
                     todo.appendleft(unit)
                     ray.kill(actor)
                     lost(e)
                     continue
                 self.idle.append(actor)
-                if unit[0] == "reference":
-                    self.references[key] = value
+                if unit[1] == "reference":
+                    self.references[job["key"]] = value
+                    continue
+                if job["error"] is not None:
                     continue
                 value, imgs = value
-                results.append(value)
+                job["results"].append(value)
                 if imgs is not None:
-                    images[value.block_start] = imgs
+                    job["images"][value.block_start] = imgs
+                spec = job["spec"]
                 start, _ = spec.block_range(value.block_start)
                 _, stop = spec.block_range(value.block_stop - 1)
-                stats.done.append((time.perf_counter(), stop - start, self.number[actor]))
-                stats.cpu_s += value.cpu_s
+                job["stats"].done.append((time.perf_counter(), stop - start, self.number[actor]))
+                job["stats"].cpu_s += value.cpu_s
+                job["stats"].finished = time.perf_counter()
+                job["done"] += stop - start
                 bar.update(stop - start)
                 if on_range_done is not None:
                     on_range_done({"done": bar.n, "busy": [(a, self.node_of[a]) for a, _ in busy.values()]})
@@ -292,8 +352,15 @@ class EvalPool:
             raise
         finally:
             bar.close()
-        samples = np.concatenate([images[b] for b in sorted(images)]) if keep else None
-        return results, self.references[key], stats, samples
+        out = []
+        for job in jobs:
+            if job["error"] is not None:
+                out.append(job["error"])
+                continue
+            images = job["images"]
+            samples = np.concatenate([images[b] for b in sorted(images)]) if job["keep"] else None
+            out.append((job["results"], self.references[job["key"]], job["stats"], samples))
+        return out
 
 
 def score(features, moments, reference, backend: str = "jax", inception_path=None) -> dict:
@@ -317,76 +384,117 @@ def score(features, moments, reference, backend: str = "jax", inception_path=Non
     return metrics(features, moments, reference)
 
 
-def evaluate(spec, *, workers: int, address: str | None = None, backend: str = "jax", inception_path=None,
-             pool: EvalPool | None = None, keep_samples: int = 0, progress: bool = True,
-             on_range_done: Callable[[dict], None] | None = None, **pool_kw) -> dict:
-    """Evaluate `spec` on `pool`, or on a pool of `workers` actors started for it (joining
-    `address`, else a local Ray; pool_kw: EvalPool's options):
-    {"kid", "kid_std", "fd", "num_samples", "workers", "wall_s", "samples_per_s", ...}, plus
-    "samples" (the first keep_samples samples, NumPy) if keep_samples > 0.
-    wall_s covers the pool (actor start, generation, features), not the final scoring."""
+def evaluate_many(specs, *, workers: int, address: str | None = None, backend: str = "jax", inception_path=None,
+                  pool: EvalPool | None = None, keep_samples: int = 0, progress: bool = True,
+                  on_range_done: Callable[[dict], None] | None = None, return_errors: bool = False,
+                  **pool_kw) -> list:
+    """Evaluate `specs` together (EvalPool.run_many) on `pool`, or on a pool of `workers` actors
+    started for them (joining `address`, else a local Ray; pool_kw: EvalPool's options). Per
+    spec: {"kid", "kid_std", "fd", "num_samples", "workers", "wall_s", "samples_per_s", ...},
+    plus "samples" (the first keep_samples samples, NumPy) if keep_samples > 0; with
+    return_errors, a spec's UserError or SamplerDiverged instead. wall_s covers a spec's
+    generation and features (from its first work unit to its last; on a pool started here,
+    from the pool's start), not the final scoring."""
     from pipeline.distributed.ray_init import ensure_ray
     from pipeline.evaluate import merge
 
     ensure_ray(address)
-    if spec.problem.prepare is not None:
-        spec.problem.prepare()  # e.g. train the feature network once, not in every actor
+    if pool is not None:
+        pool.wait_prepared()
+    for prepare in {s.problem.prepare for s in specs if s.problem.prepare is not None}:
+        prepare()  # e.g. train the feature network once, not in every actor
     t0 = time.perf_counter()
     blocks_per_range = pool_kw.pop("blocks_per_range", 1)
     own = pool is None
     pool = EvalPool(workers, **pool_kw) if own else pool
     try:
-        results, reference, stats, samples = pool.run(spec, blocks_per_range=blocks_per_range, progress=progress,
-                                                      keep_samples=keep_samples, on_range_done=on_range_done)
+        runs = pool.run_many(specs, blocks_per_range=blocks_per_range, progress=progress, keep_samples=keep_samples,
+                             on_range_done=on_range_done, return_errors=return_errors)
     finally:
         if own:
             pool.close()
-    features, moments = merge(spec, results)
-    wall = time.perf_counter() - t0
-    out = score(features, moments, reference, backend, inception_path)
-    out.update(num_samples=spec.num_samples, kid_samples=int(features.shape[0]), reference_samples=int(reference.shape[0]),
-               workers=pool.workers, wall_s=wall, samples_per_s=spec.num_samples / wall,
-               steady_samples_per_s=stats.steady_rate(), samples_per_cpu_s=spec.num_samples / stats.cpu_s,
-               actors_started=stats.actors_started, retried=stats.retried)
-    if keep_samples:
-        out["samples"] = samples
-    return out
+    outs = []
+    for spec, run in zip(specs, runs):
+        if isinstance(run, BaseException):
+            outs.append(run)
+            continue
+        results, reference, stats, samples = run
+        features, moments = merge(spec, results)
+        wall = stats.finished - (t0 if own else stats.started)
+        out = score(features, moments, reference, backend, inception_path)
+        out.update(num_samples=spec.num_samples, kid_samples=int(features.shape[0]),
+                   reference_samples=int(reference.shape[0]), workers=pool.workers, wall_s=wall,
+                   samples_per_s=spec.num_samples / wall, steady_samples_per_s=stats.steady_rate(),
+                   samples_per_cpu_s=spec.num_samples / stats.cpu_s, actors_started=stats.actors_started,
+                   retried=stats.retried)
+        if keep_samples:
+            out["samples"] = samples
+        outs.append(out)
+    return outs
 
 
-def run_evaluation(cfg, address: str | None = None, progress: bool = True, pool: EvalPool | None = None,
-                   keep_samples: int = 0) -> dict:
-    """`ddss evaluate` / jobs/evaluate.py: evaluate cfg (pipeline.evaluate.EvaluateConfig) on
-    `pool` or a pool of cfg.workers actors started for it, and append the result row to
-    results.json of cfg.results_dir (default: the teacher's run). Returns the row, with
-    "samples" (the first keep_samples samples, not written to results.json) if keep_samples > 0."""
+def evaluate(spec, **kw) -> dict:
+    """Evaluate one spec: evaluate_many([spec], **kw)[0] (errors raised)."""
+    return evaluate_many([spec], **kw)[0]
+
+
+def run_evaluations(cfgs, address: str | None = None, progress: bool = True, pool: EvalPool | None = None,
+                    keep_samples: int = 0, return_errors: bool = False) -> list:
+    """`ddss evaluate` / jobs/evaluate.py / `ddss demo`: evaluate each cfg (pipeline.evaluate.
+    EvaluateConfig), all at once, on `pool` or on a pool started with the first cfg's workers and
+    resources, and append each result row to results.json of its cfg.results_dir (default: the
+    teacher's run). Returns the rows, each with "samples" (the first keep_samples samples, not
+    written to results.json) if keep_samples > 0; with return_errors, a row's UserError or
+    SamplerDiverged takes its place."""
     from pipeline import rundir, samplers
     from pipeline.distributed.ray_init import ensure_ray
     from pipeline.evaluate import EvalSpec, split_sampler, teacher_problem
 
-    teacher = os.path.abspath(cfg.teacher)
-    if not os.path.isdir(teacher):
-        raise UserError(f"teacher run directory not found: {cfg.teacher}")
-    results_dir = os.path.abspath(cfg.results_dir or teacher)
-    if not os.path.isdir(results_dir):
-        raise UserError(f"results directory not found: {cfg.results_dir}")
-    name, artefact = split_sampler(cfg.sampler)
-    samplers.get(name)  # one line naming the valid samplers
+    specs, dirs = [], []
+    for cfg in cfgs:
+        teacher = os.path.abspath(cfg.teacher)
+        if not os.path.isdir(teacher):
+            raise UserError(f"teacher run directory not found: {cfg.teacher}")
+        results_dir = os.path.abspath(cfg.results_dir or teacher)
+        if not os.path.isdir(results_dir):
+            raise UserError(f"results directory not found: {cfg.results_dir}")
+        samplers.get(split_sampler(cfg.sampler)[0])  # one line naming the valid samplers
+        problem = teacher_problem(teacher, cfg.cache_dir, inception=cfg.inception_path is not None)
+        specs.append(EvalSpec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride,
+                              w=cfg.w, batch_size=cfg.batch_size, kid_samples=cfg.kid_samples))
+        dirs.append((teacher, results_dir))
+    if len({(c.metrics_backend, c.inception_path) for c in cfgs}) > 1:
+        raise UserError("evaluations run together must share metrics_backend and inception_path")
     ensure_ray(address)
-    problem = teacher_problem(teacher, cfg.cache_dir, inception=cfg.inception_path is not None)
-    spec = EvalSpec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride, w=cfg.w,
-                    batch_size=cfg.batch_size, kid_samples=cfg.kid_samples)
-    resources = {"CPU": cfg.worker_cpus}
-    if cfg.worker_gpus:
-        resources["GPU"] = cfg.worker_gpus
-    if cfg.worker_tpus:
-        resources["TPU"] = cfg.worker_tpus
-    pool_kw = {} if pool is not None else dict(resources=resources, pin_cores=cfg.pin_cores, max_failures=cfg.max_failures)
-    out = evaluate(spec, workers=cfg.workers, progress=progress, backend=cfg.metrics_backend,
-                   inception_path=cfg.inception_path, pool=pool, keep_samples=keep_samples, **pool_kw)
-    samples = out.pop("samples", None)
-    method = name if artefact is None else f"{name}:{os.path.basename(artefact.rstrip('/'))}"
-    row = {"method": method, "sampler": cfg.sampler, "steps": cfg.steps, "nfe": samplers.nfe(name, cfg.steps),
-           "stride": cfg.stride, "w": cfg.w, "seed": cfg.seed, "features": problem.label, "teacher": teacher,
-           "metrics_backend": cfg.metrics_backend, "time": time.time(), **out}
-    rundir.update_results(results_dir, {"evaluations": {cfg.result_key(): row}})
-    return row if samples is None else {**row, "samples": samples}
+    first = cfgs[0]
+    pool_kw = {}
+    if pool is None:
+        resources = {"CPU": first.worker_cpus}
+        if first.worker_gpus:
+            resources["GPU"] = first.worker_gpus
+        if first.worker_tpus:
+            resources["TPU"] = first.worker_tpus
+        pool_kw = dict(resources=resources, pin_cores=first.pin_cores, max_failures=first.max_failures)
+    outs = evaluate_many(specs, workers=first.workers, progress=progress, backend=first.metrics_backend,
+                         inception_path=first.inception_path, pool=pool, keep_samples=keep_samples,
+                         return_errors=return_errors, **pool_kw)
+    rows = []
+    for cfg, spec, (teacher, results_dir), out in zip(cfgs, specs, dirs, outs):
+        if isinstance(out, BaseException):
+            rows.append(out)
+            continue
+        samples = out.pop("samples", None)
+        name, artefact = split_sampler(cfg.sampler)
+        method = name if artefact is None else f"{name}:{os.path.basename(artefact.rstrip('/'))}"
+        row = {"method": method, "sampler": cfg.sampler, "steps": cfg.steps, "nfe": samplers.nfe(name, cfg.steps),
+               "stride": cfg.stride, "w": cfg.w, "seed": cfg.seed, "features": spec.problem.label, "teacher": teacher,
+               "metrics_backend": cfg.metrics_backend, "time": time.time(), **out}
+        rundir.update_results(results_dir, {"evaluations": {cfg.result_key(): row}})
+        rows.append(row if samples is None else {**row, "samples": samples})
+    return rows
+
+
+def run_evaluation(cfg, address: str | None = None, progress: bool = True, pool: EvalPool | None = None,
+                   keep_samples: int = 0) -> dict:
+    """One evaluation: run_evaluations([cfg], ...)[0] (errors raised); returns its row."""
+    return run_evaluations([cfg], address, progress, pool, keep_samples)[0]
