@@ -47,24 +47,40 @@ def save_grid(images, path, ncol: int | None = None, title: str | None = None):
     plt.close(fig)
 
 
+def pareto_front(points) -> list:
+    """The (NFE, metric) points no other point beats at the same or a lower NFE, by NFE."""
+    front = []
+    for nfe, v in sorted(points, key=lambda p: (p[0], p[1])):
+        if not front or v < front[-1][1]:
+            front.append((nfe, v))
+    return front
+
+
 def frontier_plot(rows: list[dict], path, metric: str = "fd", title: str = "FD vs NFE"):
-    """One line per method: `metric` against NFE on log-log axes."""
+    """One line per method: `metric` against NFE on log-log axes, and the frontier over all methods."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     by_method: dict[str, list] = {}
     for r in rows:
         if r.get(metric) is not None and r.get("nfe"):
             by_method.setdefault(r["method"], []).append((r["nfe"], r[metric]))
-    for method, pts in sorted(by_method.items()):
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^v<>p"
+    for i, (method, pts) in enumerate(sorted(by_method.items())):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method, ms=4)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker=markers[i % len(markers)], label=method, ms=5,
+                color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20])
+    front = pareto_front([p for pts in by_method.values() for p in pts])
+    if front:
+        ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", lw=1, alpha=0.6,
+                label="frontier (best at <= NFE)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("NFE (model evaluations per sample)")
     ax.set_ylabel(metric.upper())
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     _atomic_savefig(fig, path)
     plt.close(fig)

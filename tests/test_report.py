@@ -22,3 +22,11 @@ def test_report_files(tmp_path):
     grid = mpimg.imread(str(tmp_path / "grids" / "ddim.png"))
     assert grid.ndim == 3 and grid.std() > 0.05  # an image with content, not blank
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front_keeps_what_no_cheaper_point_beats():
+    pts = [(5, 10.0), (5, 8.0), (10, 9.0), (10, 4.0), (20, 6.0), (4, 12.0)]
+    assert report.pareto_front(pts) == [(4, 12.0), (5, 8.0), (10, 4.0)]
+    # brute force: p is on the front iff no other point has NFE <= p's and a lower metric
+    brute = sorted(p for p in set(pts) if not any(q[0] <= p[0] and q[1] < p[1] for q in pts))
+    assert report.pareto_front(pts) == brute
