@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 
 NAME = "demo"
@@ -39,8 +40,9 @@ class Budget:
 
 
 QUICK = Budget(
-    teacher={"model.kwargs": {"ch": 16}, "train.steps": 150, "train.batch_size": 64, "train.warmup_steps": 20},
-    ks=(5,), num_samples=100, batch_size=50,
+    teacher={"model.kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}, "train.steps": 150,
+             "train.batch_size": 64, "train.warmup_steps": 20},
+    ks=(5,), num_samples=100, batch_size=100,
     search_ks=(5,), search_steps=4, search_batch=16, search_eval_samples=50,
     distill={"start_steps": 8, "stage1": {"train_steps": 20, "lr": 1e-3, "batch": 16},
              "rounds": {"train_steps": 10, "lr": 1e-3, "batch": 16}},
@@ -123,7 +125,7 @@ class Rows:
         self.rows.append(r)
         rundir.append_metrics(self.run_dir, {"event": "row", **r})
         if row.get("samples") is not None:
-            slug = "".join(c if c.isalnum() else "-" for c in method).strip("-")
+            slug = re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
             rel = f"grids/{slug}-K{row['steps']}.png"
             report.save_grid(row["samples"], os.path.join(self.run_dir, rel), ncol=10)
             self.grids[f"{method}, {row['steps']} steps"] = rel
@@ -132,11 +134,15 @@ class Rows:
 
 
 def run(args) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import jax
+
     from pipeline import config, ddss, report, rundir
     from pipeline.distill import config as dconfig
     from pipeline.distill import rounds
     from pipeline.distill.run import run_until
-    from pipeline.distributed.evaluation import EvalPool, run_evaluation
+    from pipeline.distributed.evaluation import EvalPool, run_evaluations
     from pipeline.distributed.ray_init import ensure_ray
     from pipeline.errors import UserError
     from pipeline.evaluate import EvaluateConfig
@@ -157,34 +163,71 @@ def run(args) -> int:
 
     print(f"[1/5] teacher and feature net (cached in {cache_dir})")
     t0 = time.time()
-    pool = EvalPool(args.workers)  # the actors start (and import JAX) while the teacher trains
+    compile_cache = os.path.join(cache_dir, "jax-compilation")  # a second demo compiles (almost) nothing
+    jax.config.update("jax_compilation_cache_dir", compile_cache)
+    # the actors start (and import JAX) while the teacher trains
+    pool = EvalPool(args.workers, env={"JAX_COMPILATION_CACHE_DIR": compile_cache})
+    # Evaluations run on the pool from a second driver thread, in the order submitted, while this
+    # thread goes on with the DDSS search and the distillation (both mostly compile on one core).
+    background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate")
+    pending = []
     try:
-        load_or_train_feature_net(cache_dir)
+        pool.prepare(load_or_train_feature_net, cache_dir, 0, False)  # in an actor, alongside the teacher
         teacher = cached_teacher(teacher_config(budget, cache_dir), cache_dir)
         stage_s["teacher"] = time.time() - t0
 
-        def evaluate(method, sampler, k, stride, stage, extra_s=None):
-            cfg = config.load(EvaluateConfig, {
+        def evaluate(todo):
+            """Evaluate rows (method, sampler, K, stride, stage, training s) together on the pool."""
+            cfgs = [config.load(EvaluateConfig, {
                 "teacher": teacher, "sampler": sampler, "steps": k, "num_samples": budget.num_samples,
                 "workers": args.workers, "stride": stride, "cache_dir": cache_dir, "results_dir": run_dir,
-                "batch_size": min(budget.batch_size, budget.num_samples)})
-            try:
-                row = run_evaluation(cfg, address=args.address, progress=True, pool=pool, keep_samples=GRID_SAMPLES)
-            except SamplerDiverged as e:  # reported, not hidden: the row is left out
-                out.note(f"{method} at K = {k}: {e}")
-                return
-            out.add(method, row, stage, extra_s)
+                "batch_size": min(budget.batch_size, budget.num_samples)}) for _, sampler, k, stride, _, _ in todo]
+            t1 = time.time()
+            rows = run_evaluations(cfgs, address=args.address, progress=False, pool=pool, keep_samples=GRID_SAMPLES,
+                                   return_errors=True)
+            for (method, _, k, _, stage, extra_s), row in zip(todo, rows):
+                if isinstance(row, SamplerDiverged):  # reported, not hidden: the row is left out
+                    out.note(f"{method} at K = {k}: {row}")
+                elif isinstance(row, BaseException):
+                    raise row
+                else:
+                    out.add(method, row, stage, extra_s)
+            return time.time() - t1
 
-        t0 = time.time()
+        def submit(stage, todo):
+            print(f"  evaluating {len(todo)} rows on the pool in the background ({stage})")
+            pending.append((stage, background.submit(evaluate, todo)))
+
         print(f"[2/5] baselines and accelerated samplers at K = {list(budget.ks)}")
-        for stage, methods in (("baseline", BASELINES), ("accelerated", ACCELERATED)):
-            for method, sampler, stride in methods:
-                for k in budget.ks:
-                    evaluate(method, sampler, k, stride, stage)
-        stage_s["samplers"] = time.time() - t0
+        submit("samplers", [(method, sampler, k, stride, stage, None)
+                            for stage, methods in (("baseline", BASELINES), ("accelerated", ACCELERATED))
+                            for method, sampler, stride in methods for k in budget.ks])
+
+        # Distillation needs no feature net: it runs while the feature net may still be training.
+        t0 = time.time()
+        dcfg = dconfig.load({"teacher": teacher, "dir": os.path.join(run_dir, "distill"), **budget.distill,
+                             "checkpoint_every": 10 ** 6, "log_every": 10})
+        steps = [dcfg.steps_of(r) for r in range(dcfg.num_rounds) if dcfg.steps_of(r) >= budget.distill_until]
+        print(f"[3/5] guided distillation: stage 1 at {steps[0]} steps, then rounds down to {steps[-1]} steps")
+        try:
+            records = run_until(dcfg, budget.distill_until, workers=0, log=lambda m: print(f"  {m}"))
+        except UserError as e:  # reported, not hidden: the student rows are left out
+            out.note(f"guided distillation stopped: {e}")
+            records = []
+        distill_s = time.time() - t0
+        stage_s["distillation"] = distill_s
+        root = dcfg.dir
+        todo = [("student-ddim (distilled)", f"student-ddim:{rounds.round_dir(root, r)}", n, "linear", "distilled",
+                 distill_s if n == steps[-1] else None) for r, n in enumerate(steps[: len(records)])]
+        if len(records) == len(steps):
+            todo.append(("student-stochastic (distilled)", f"student-stochastic:{root}", steps[-1], "linear",
+                         "distilled", distill_s))
+        if todo:
+            submit("students", todo)
 
         t0 = time.time()
-        print(f"[3/5] DDSS search (GGDM+PRED+TIME) at K = {list(budget.search_ks)}")
+        print(f"[4/5] DDSS search (GGDM+PRED+TIME) at K = {list(budget.search_ks)}")
+        pool.wait_prepared()  # the search's loss needs the feature net
         for k in budget.search_ks:
             t1 = time.time()
             cfg = ddss.load_config(None, {
@@ -196,38 +239,25 @@ def run(args) -> int:
             except ddss.SearchDiverged as e:  # reported, not hidden: the row is left out
                 out.note(f"DDSS search at K = {k} stopped: {e}")
                 continue
-            evaluate("ggdm+pred+time (DDSS)", f"ggdm:{result['artefact']}", k, "quadratic", "ddss", time.time() - t1)
-        stage_s["ddss"] = time.time() - t0
+            submit(f"DDSS K={k}", [("ggdm+pred+time (DDSS)", f"ggdm:{result['artefact']}", k, "quadratic", "ddss",
+                                    time.time() - t1)])
+        stage_s["ddss search"] = time.time() - t0
 
         t0 = time.time()
-        dcfg = dconfig.load({"teacher": teacher, "dir": os.path.join(run_dir, "distill"), **budget.distill,
-                             "checkpoint_every": 10 ** 6, "log_every": 10})
-        steps = [dcfg.steps_of(r) for r in range(dcfg.num_rounds) if dcfg.steps_of(r) >= budget.distill_until]
-        print(f"[4/5] guided distillation: stage 1 at {steps[0]} steps, then rounds down to {steps[-1]} steps")
-        try:
-            records = run_until(dcfg, budget.distill_until, workers=0, log=lambda m: print(f"  {m}"))
-        except UserError as e:  # reported, not hidden: the student rows are left out
-            out.note(f"guided distillation stopped: {e}")
-            records = []
-        distill_s = time.time() - t0
-        root = dcfg.dir
-        for r, n in enumerate(steps[: len(records)]):
-            evaluate("student-ddim (distilled)", f"student-ddim:{rounds.round_dir(root, r)}", n, "linear", "distilled",
-                     distill_s if n == steps[-1] else None)
-        if len(records) == len(steps):
-            evaluate("student-stochastic (distilled)", f"student-stochastic:{root}", steps[-1], "linear", "distilled",
-                     distill_s)
-        stage_s["distill"] = time.time() - t0
+        for stage, future in pending:
+            stage_s[f"evaluation ({stage})"] = future.result()
+        stage_s["waiting for evaluations"] = time.time() - t0
     finally:
+        background.shutdown(wait=True, cancel_futures=True)
         pool.close()
 
     print("[5/5] report")
     intro = (f"Digits testbed ({'quick' if args.quick else 'full'} budgets), teacher {teacher}, "
              f"{budget.num_samples} samples per row against the digits test split, {args.workers} evaluation "
-             "actors (one pool for every row). Wall time is the evaluation's (sampling and features); "
-             "'training' is the DDSS search or the whole distillation (all rounds) behind a row. "
-             "Distilled students sample on the grid they were distilled on (from logsnr "
-             f"{dcfg.logsnr_start:g}, linear stride), at the teacher's default guidance.")
+             "actors (one pool for every row, rows evaluated together). Wall time is the evaluation's (sampling "
+             "and features, while other rows shared the actors); 'training' is the DDSS search or the whole "
+             "distillation (all rounds) behind a row. Distilled students sample on the grid they were distilled "
+             f"on (from logsnr {dcfg.logsnr_start:g}, linear stride), at the teacher's default guidance.")
     path = report.write_report(run_dir, out.rows, out.grids, intro, out.notes)
     total = time.time() - t_start
     rundir.update_results(run_dir, {"demo": {"rows": out.rows, "notes": out.notes, "stage_s": stage_s, "total_s": total,
@@ -236,6 +266,6 @@ def run(args) -> int:
     print(report.results_table(out.rows))
     for n in out.notes:
         print(f"note: {n}")
-    print("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items()) + f"; total {total:.0f} s")
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items()) + f"; total {total:.0f} s")
     print(f"report: {path}")
     return 0

@@ -138,11 +138,11 @@ def feature_net_path(cache_dir, seed: int = 0) -> str:
     return os.path.join(os.fspath(cache_dir), "feature_net", f"digits-seed{seed}.msgpack")
 
 
-def load_or_train_feature_net(cache_dir, seed: int = 0):
+def load_or_train_feature_net(cache_dir, seed: int = 0, progress: bool = True):
     """The digit classifier's params, cached under cache_dir/feature_net/ (trained once, then reused)."""
     path = feature_net_path(cache_dir, seed)
     if os.path.exists(_paths(path)[1]):  # the sidecar is written last: its presence means complete
         return load_feature_net(path)[0]
-    params, acc = train_digit_classifier(seed=seed)
+    params, acc = train_digit_classifier(seed=seed, progress=progress)
     save_feature_net(path, params, {"seed": seed, "test_accuracy": acc, "feature_dim": FEATURE_DIM, "data": "sklearn-digits train split"})
     return params

@@ -1,0 +1,104 @@
+"""`ddss demo --quick` end to end, once (a subprocess with its own local Ray, a fresh run directory
+and a fresh cache: the teacher and the feature net are trained in it), and its refusal of a
+non-empty run directory."""
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+# The stages of the demo and a method of each that its table must hold.
+STAGES = {
+    "baseline": ["ddpm", "ddim (linear)", "ddim (quadratic)", "dpm-solver++2m"],
+    "accelerated": ["accel-ddim", "accel-ddpm"],
+    "ddss": ["ggdm+pred+time (DDSS)"],
+    "distilled": ["student-ddim (distilled)", "student-stochastic (distilled)"],
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    cache = tmp_path_factory.mktemp("cache")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo", "--quick", "--run-dir", str(run_dir), "--cache-dir", str(cache)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, RAY_ADDRESS=""),
+    )
+    return {"proc": proc, "run_dir": run_dir}
+
+
+def _table(report: str) -> dict:
+    """{(method, steps): [NFE, FD, KID, wall]} from report.md's results table."""
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 6 and re.fullmatch(r"\d+", cells[1]):
+            rows[(cells[0], int(cells[1]))] = cells[2:6]
+    return rows
+
+
+@pytest.mark.ray
+def test_quick_demo_exits_0_with_a_summary(demo):
+    proc = demo["proc"]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = str(demo["run_dir"] / "report.md")
+    assert f"report: {report}" in proc.stdout
+    assert "| method | steps | NFE | FD | KID | wall time (s) |" in proc.stdout
+
+
+@pytest.mark.ray
+def test_report_has_a_finite_row_for_every_stage(demo):
+    text = (demo["run_dir"] / "report.md").read_text()
+    table = _table(text)
+    methods = {m for m, _ in table}
+    for stage, wanted in STAGES.items():
+        missing = [m for m in wanted if m not in methods]
+        assert not missing, f"{stage}: no row for {missing}; notes: {text.split('## Notes')[-1][:1500]}"
+    for (method, steps), (nfe, fd, kid, wall) in table.items():
+        assert int(nfe) >= 1 and math.isfinite(float(fd)) and math.isfinite(float(kid)) and float(wall) > 0, method
+    assert ("student-ddim (distilled)", 4) in table  # distilled down to 4 steps
+
+
+@pytest.mark.ray
+def test_results_json_holds_the_rows(demo):
+    results = json.loads((demo["run_dir"] / "results.json").read_text())
+    rows = results["demo"]["rows"]
+    assert {r["stage"] for r in rows} == set(STAGES)
+    table = _table((demo["run_dir"] / "report.md").read_text())
+    assert {(r["method"], r["steps"]) for r in rows} == set(table)
+    for r in rows:
+        assert math.isfinite(r["fd"]) and math.isfinite(r["kid"]) and r["nfe"] >= 1
+
+
+@pytest.mark.ray
+def test_frontier_and_grids_are_pngs(demo):
+    run_dir = demo["run_dir"]
+    text = (run_dir / "report.md").read_text()
+    assert "![FD vs NFE](frontier.png)" in text
+    pngs = [run_dir / "frontier.png"] + [run_dir / rel for rel in re.findall(r"\]\((grids/[^)]+\.png)\)", text)]
+    assert len(pngs) >= 1 + sum(len(v) for v in STAGES.values())  # a grid per method at least
+    import matplotlib.image as mpimg
+
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG, p
+        img = mpimg.imread(str(p))
+        assert img.ndim == 3 and img.shape[0] > 20 and img.std() > 0.02, p  # an image with content
+
+
+def test_non_empty_run_dir_is_refused_and_left_alone(tmp_path, capsys):
+    run_dir = tmp_path / "taken"
+    run_dir.mkdir()
+    (run_dir / "keep.txt").write_text("mine")
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()}
+    rc = cli.main(["demo", "--quick", "--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "not empty" in err
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()} == before
+    assert not (tmp_path / "cache").exists()
