@@ -19,6 +19,27 @@ import yaml
 from pipeline.errors import UserError
 
 
+PATH = {"path": "path"}  # field metadata: a local path, made absolute at load
+ARTEFACT = {"path": "artefact"}  # field metadata: NAME or NAME:PATH, the PATH made absolute at load
+
+
+def local_path(path: str) -> str:
+    """`path` made absolute against this process's cwd (Ray workers and actors run elsewhere);
+    empty strings and URLs (gs://..., s3://...) unchanged."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _resolve(kind: str, value):
+    if not isinstance(value, str):
+        return value
+    if kind == "artefact":
+        name, sep, artefact = value.partition(":")
+        return f"{name}:{local_path(artefact)}" if sep and artefact else value
+    return local_path(value)
+
+
 def load_yaml(path) -> dict:
     """Read a YAML mapping with the safe loader."""
     path = os.fspath(path)
@@ -50,6 +71,8 @@ def from_dict(cls, data: dict, where: str = ""):
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(hints[name], value, key)
+        if "path" in fields[name].metadata:
+            kwargs[name] = _resolve(fields[name].metadata["path"], kwargs[name])
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:

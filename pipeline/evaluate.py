@@ -127,8 +127,8 @@ METRICS_BACKENDS = ("jax", "tfgan")
 class EvaluateConfig:
     """An evaluation of a teacher's samples (or an artefact's: sampler NAME:ARTEFACT)."""
 
-    teacher: str = ""  # the teacher's run directory
-    sampler: str = "ddim"  # NAME or NAME:ARTEFACT (ggdm:PATH, student-ddim:RUN_DIR)
+    teacher: str = dataclasses.field(default="", metadata=config.PATH)  # the teacher's run directory
+    sampler: str = dataclasses.field(default="ddim", metadata=config.ARTEFACT)  # NAME or NAME:ARTEFACT (ggdm:PATH, student-ddim:RUN_DIR)
     steps: int = 10
     num_samples: int = 1000
     workers: int = 2
@@ -138,9 +138,9 @@ class EvaluateConfig:
     batch_size: int = 100  # samples per block (one jitted call)
     kid_samples: int | None = None  # KID on the first kid_samples samples (None: all)
     metrics_backend: str = "jax"  # "tfgan": KID/FD by tensorflow-gan in its own venv
-    inception_path: str | None = None  # a TF-Hub Inception module directory (real data)
-    cache_dir: str = ".cache"  # where feature networks are cached
-    results_dir: str | None = None  # results.json goes here (default: the teacher's run)
+    inception_path: str | None = dataclasses.field(default=None, metadata=config.PATH)  # a TF-Hub Inception module directory (real data)
+    cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # where feature networks are cached
+    results_dir: str | None = dataclasses.field(default=None, metadata=config.PATH)  # results.json goes here (default: the teacher's run)
     worker_cpus: float = 1.0
     worker_gpus: float = 0.0  # e.g. 0.5: two actors per GPU
     worker_tpus: float = 0.0  # e.g. 4: one actor per TPU host

@@ -93,7 +93,7 @@ class SampleConfig:
     fd_samples: int = 1000  # 0: no FD
     batch_size: int = 500
     seed: int = 1
-    cache_dir: str = ".cache"  # the digit classifier (FD features) is cached here
+    cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # the digit classifier (FD features) is cached here
 
     def validate(self):
         config.check(self.steps >= 1, "sample.steps", f"must be >= 1, got {self.steps}")

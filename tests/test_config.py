@@ -70,3 +70,20 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     config.atomic_write_text(p, "two")
     assert p.read_text() == "two"
     assert os.listdir(p.parent) == ["f.txt"]
+
+
+def test_paths_are_made_absolute_at_the_edge(tmp_path, monkeypatch):
+    """Ray workers and actors run in another cwd: the configs that name local paths resolve them
+    against the caller's cwd when loaded; URLs and the sampler's name are left alone."""
+    from pipeline import ddss
+    from pipeline.distill import config as dconfig
+    from pipeline.evaluate import EvaluateConfig
+
+    monkeypatch.chdir(tmp_path)
+    ev = config.load(EvaluateConfig, {"teacher": "runs/t", "sampler": "ggdm:arts/k5", "cache_dir": "gs://b/cache"})
+    assert ev.teacher == str(tmp_path / "runs" / "t") and ev.sampler == f"ggdm:{tmp_path / 'arts' / 'k5'}"
+    assert ev.cache_dir == "gs://b/cache" and ev.results_dir is None
+    assert config.load(EvaluateConfig, {"teacher": "t", "sampler": "ddim"}).sampler == "ddim"
+    assert ddss.load_config(None, {"teacher": "t", "run_dir": "r"}).run_dir == str(tmp_path / "r")
+    d = dconfig.load({"teacher": "../t", "dir": "~/d"})
+    assert d.teacher == os.path.normpath(str(tmp_path / ".." / "t")) and d.dir == os.path.expanduser("~/d")

@@ -14,7 +14,7 @@ SELECT_BY = ("kid", "fd")
 class SearchConfig:
     """What to search (a teacher's or a Gaussian mixture's GGDM sampler) and how."""
 
-    teacher: str = ""  # the teacher's run directory (ddss train-teacher); or gmm:
+    teacher: str = dataclasses.field(default="", metadata=config.PATH)  # the teacher's run directory (ddss train-teacher); or gmm:
     gmm: str = ""  # a Gaussian-mixture preset with its exact denoiser (pipeline.data.gmm), for tests and demos
     steps: int = 5  # K, the sampler's steps (= model evaluations)
     variant: str = "ggdm+pred+time"
@@ -32,9 +32,9 @@ class SearchConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     reference_samples: int = 2000  # gmm: exact samples as the reference
-    cache_dir: str = ".cache"  # where the digit-classifier features are cached
+    cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # where the digit-classifier features are cached
     workers: int = 1  # Ray Train workers (processes); 0: in this process, without Ray
-    run_dir: str | None = None  # None: runs/ddss-<timestamp>-<id>
+    run_dir: str | None = dataclasses.field(default=None, metadata=config.PATH)  # None: runs/ddss-<timestamp>-<id>
     resume: bool = False  # continue run_dir from its latest checkpoint
 
     def validate(self):

@@ -24,8 +24,8 @@ class StageConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
-    teacher: str = ""  # the guided teacher's run directory (ddss train-teacher)
-    dir: str = ""  # where the rounds go; default <teacher>/distill
+    teacher: str = dataclasses.field(default="", metadata=config.PATH)  # the guided teacher's run directory (ddss train-teacher)
+    dir: str = dataclasses.field(default="", metadata=config.PATH)  # where the rounds go; default <teacher>/distill
     start_steps: int = 256  # N: sampling steps of round 0's student; round r has N / 2^r
     stride: str = "linear"  # the time grid of the students (schedules.time_grid); nested by halving
     logsnr_start: float = -8.0  # the students' first time t_start has this logsnr; x_T ~ N(0, I) stands for z_{t_start}
