@@ -71,8 +71,9 @@ def from_dict(cls, data: dict, where: str = ""):
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(hints[name], value, key)
-        if "path" in fields[name].metadata:
-            kwargs[name] = _resolve(fields[name].metadata["path"], kwargs[name])
+    for name, f in fields.items():  # given or default, a local path is made absolute
+        if "path" in f.metadata:
+            kwargs[name] = _resolve(f.metadata["path"], kwargs.get(name, f.default))
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:

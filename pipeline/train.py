@@ -346,7 +346,7 @@ def load_teacher(run_dir) -> Teacher:
     ck_dir = rundir.checkpoint_dir(run_dir)
     if not os.path.isdir(ck_dir):
         raise UserError(f"no checkpoint in {ck_dir}: the teacher has not been trained")
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     with checkpoint.Checkpointer(ck_dir) as ck:
         state = ck.restore(abstract_state(model, make_optimizer(cfg.train), images.shape[1:], sharding))
     return Teacher(model, state["ema"], schedules.get(cfg.schedule), cfg, tuple(images.shape[1:]), num_classes,

@@ -83,6 +83,7 @@ def test_paths_are_made_absolute_at_the_edge(tmp_path, monkeypatch):
     ev = config.load(EvaluateConfig, {"teacher": "runs/t", "sampler": "ggdm:arts/k5", "cache_dir": "gs://b/cache"})
     assert ev.teacher == str(tmp_path / "runs" / "t") and ev.sampler == f"ggdm:{tmp_path / 'arts' / 'k5'}"
     assert ev.cache_dir == "gs://b/cache" and ev.results_dir is None
+    assert config.load(EvaluateConfig, {"teacher": "t"}).cache_dir == str(tmp_path / ".cache")  # defaults too
     assert config.load(EvaluateConfig, {"teacher": "t", "sampler": "ddim"}).sampler == "ddim"
     assert ddss.load_config(None, {"teacher": "t", "run_dir": "r"}).run_dir == str(tmp_path / "r")
     d = dconfig.load({"teacher": "../t", "dir": "~/d"})

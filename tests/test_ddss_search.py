@@ -133,8 +133,7 @@ def _gradient_loop(ctx):
 
 
 @pytest.mark.ray
-def test_sharded_gradient_on_two_ray_workers_equals_one_process(tmp_path):
-    import ray
+def test_sharded_gradient_on_two_ray_workers_equals_one_process(tmp_path, local_ray):
     from ray import cloudpickle
 
     from pipeline.distributed.spmd import run_spmd
@@ -145,11 +144,7 @@ def test_sharded_gradient_on_two_ray_workers_equals_one_process(tmp_path):
     one = run_spmd(_gradient_loop, loop_cfg, num_workers=0, run_dir=tmp_path / "one")
     # The loss is the KID of the chain's features, checked against float64 NumPy.
     assert one["loss"] == pytest.approx(_mmd2_float64(one["features"], one["reference"]), rel=1e-4, abs=1e-7)
-    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1")
-    try:
-        two = run_spmd(_gradient_loop, loop_cfg, num_workers=2, run_dir=tmp_path / "two")
-    finally:
-        ray.shutdown()
+    two = run_spmd(_gradient_loop, loop_cfg, num_workers=2, run_dir=tmp_path / "two")
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
     g1 = np.concatenate([np.ravel(one["grads"][k]) for k in sorted(one["grads"])])
     g2 = np.concatenate([np.ravel(two["grads"][k]) for k in sorted(two["grads"])])

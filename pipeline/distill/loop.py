@@ -37,7 +37,8 @@ def batch_rows(seed: int, r: int, step: int, n_data: int, batch: int) -> np.ndar
 
 def load_student_params(root: str, r: int, like):
     """Round r's finished student parameters, read into the structure of `like` (params pytree)."""
-    target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)), like)}
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # whatever topology saved it
+    target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=one), like)}
     with checkpoint.Checkpointer(rounds.student_dir(root, r)) as ck:
         return ck.restore(target)["params"]
 
