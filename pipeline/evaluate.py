@@ -270,6 +270,19 @@ def _flatten(x):
     return x.reshape(x.shape[0], -1)
 
 
+def pixel_features(x):
+    """The flattened pixels [B, H*W*C]: the feature space of .npz data without Inception."""
+    return x.reshape(x.shape[0], -1)
+
+
+def features_in_batches(feature_fn, images, batch_size: int = 500) -> np.ndarray:
+    """jit(feature_fn) of images [N, ...] in batches of batch_size, concatenated as NumPy."""
+    import jax
+
+    embed = jax.jit(feature_fn)
+    return np.concatenate([np.asarray(embed(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
 @dataclasses.dataclass(frozen=True)
 class Resolved:
     """What a spec samples with, checked against its model: the sampler name, the artefact's
@@ -512,6 +525,18 @@ def _digits_reference(feature_fn):
     return np.asarray(feature_fn(images))
 
 
+def _pixels():
+    return pixel_features
+
+
+def _data_reference(data, split, feature_fn):
+    """Features of a split of a teacher's data set (pipeline.train.DataConfig `data`)."""
+    from pipeline.train import load_data
+
+    images, _ = load_data(data, split)
+    return features_in_batches(feature_fn, images)
+
+
 def teacher_dir(run_dir) -> str:
     """The absolute path of a teacher's run directory (UserError if it is none)."""
     from pipeline import rundir
@@ -530,16 +555,20 @@ def sampling_problem(run_dir) -> Problem:
 
 
 def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False) -> Problem:
-    """A trained teacher (pipeline.train.load_teacher) in its data set's feature space: the
-    digit classifier's penultimate layer for digits (label "digit-classifier"), or with
-    inception=True the images themselves, for the driver to put through Inception."""
-    from pipeline import rundir
+    """A trained teacher (pipeline.train.load_teacher) in its data set's feature space, against
+    its test split: the digit classifier's penultimate layer for digits (label
+    "digit-classifier"), the flattened pixels for npz (label "pixels"), or with inception=True
+    the images themselves, for the driver to put through Inception."""
+    from pipeline import rundir, train
 
     run_dir, cache_dir = teacher_dir(run_dir), os.path.abspath(cache_dir)
-    data = (rundir.read_config(run_dir).get("data") or {}).get("name", "digits")
+    data = train.load_config(rundir.read_config(run_dir)).data
     model = functools.partial(_load_teacher, run_dir)
-    if data != "digits":
-        raise UserError(f"no reference set for data set {data!r}")
+    if data.name != "digits":
+        reference = functools.partial(_data_reference, data, "test")
+        if inception:
+            return Problem(model, reference=reference, features=_identity, label="inception", moments=False)
+        return Problem(model, reference=reference, features=_pixels, label="pixels")
     if inception:
         return Problem(model, reference=_digits_reference, features=_identity, label="inception", moments=False)
     return Problem(model, reference=_digits_reference, features=functools.partial(_digit_features, cache_dir),
@@ -547,7 +576,7 @@ def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False) -> Pro
 
 
 def eval_spec(cfg: EvaluateConfig) -> EvalSpec:
-    """The EvalSpec of an EvaluateConfig (its teacher in digit-classifier or Inception features)."""
+    """The EvalSpec of an EvaluateConfig (its teacher in digit-classifier, pixel or Inception features)."""
     problem = teacher_problem(cfg.teacher, cfg.cache_dir, inception=cfg.inception_path is not None)
     return EvalSpec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride, w=cfg.w,
                     batch_size=cfg.batch_size, kid_samples=cfg.kid_samples)

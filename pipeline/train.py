@@ -31,7 +31,8 @@ from pipeline.errors import UserError, choose
 # ----------------------------------------------------------------------------------------
 # Config.
 
-DATASETS = ("digits",)
+DATASETS = ("digits", "npz")
+SPLITS = ("train", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +49,23 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"
+    """The training data: scikit-learn's digits, or the user's own .npz files (name: npz)."""
+
+    name: str = "digits"  # digits | npz
+    path: str = dataclasses.field(default="", metadata=config.PATH)  # npz: the training .npz (required)
+    test_path: str = dataclasses.field(default="", metadata=config.PATH)  # npz: the held-out .npz, the evaluation reference (empty: path itself, i.e. the training images)
+    key: str = "images"  # npz: the images array, uint8 [N, H, W, C] in [0, 255] or float in [-1, 1]
+    labels_key: str = "labels"  # npz: the integer labels array; "": unconditional (every label 0, one class, null class 1)
 
     def validate(self):
         config.check(self.name in DATASETS, "data.name", f"must be one of {', '.join(DATASETS)}, got {self.name!r}")
+        if self.name == "npz":
+            config.check(bool(self.path), "data.path", "data.name npz needs the training .npz file (--set data.path=FILE)")
+            config.check(bool(self.key), "data.key", "must name the images array in the .npz")
+            return
+        for f in ("path", "test_path", "key", "labels_key"):  # a .npz setting with digits would be ignored: refuse it
+            default = type(self).__dataclass_fields__[f].default
+            config.check(getattr(self, f) == default, f"data.{f}", f"applies only to data.name npz (data.name is {self.name!r})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,26 +151,59 @@ def import_object(path: str):
 
 
 def build_model(cfg: ModelConfig, num_classes: int):
-    """The Flax module of the config; its num_classes (if it takes one) must match the data's."""
+    """The Flax module of the config; its num_classes (if it takes one) must match the data's,
+    and is set to the data's when model.kwargs does not give it."""
     kwargs = dict(cfg.kwargs)
     if "num_classes" in kwargs and kwargs["num_classes"] != num_classes:
         raise UserError(f"config key 'model.kwargs.num_classes' is {kwargs['num_classes']}, but the data has {num_classes} classes")
     for k in ("ch_mult", "attn_resolutions"):  # YAML lists -> the hashable tuples Flax fields need
         if isinstance(kwargs.get(k), list):
             kwargs[k] = tuple(kwargs[k])
+    cls = import_object(cfg.import_path)
+    if "num_classes" not in kwargs and dataclasses.is_dataclass(cls) and any(
+            f.name == "num_classes" for f in dataclasses.fields(cls)):
+        kwargs["num_classes"] = num_classes  # else labels past the module's default class count would be clamped
     try:
-        return import_object(cfg.import_path)(**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
         raise UserError(f"config key 'model.kwargs' does not fit {cfg.import_path}: {e}") from None
 
 
 def load_data(cfg: DataConfig, split: str):
-    """(images [N,H,W,C] float32 in [-1, 1], labels [N] int32) of a data set split."""
+    """(images [N,H,W,C] float32 in [-1, 1], labels [N] int32) of a data set split: digits, or
+    for npz the file data.path ("train") or data.test_path, default data.path ("test")."""
     choose("data set", cfg.name, DATASETS)
-    from pipeline.data import load_digits
+    if cfg.name == "digits":
+        from pipeline.data import load_digits
 
-    images, labels = load_digits(split)
+        images, labels = load_digits(split)
+        return np.asarray(images, np.float32), np.asarray(labels, np.int32)
+    from pipeline.data import load_npz
+
+    choose("data split", split, SPLITS)
+    key, path = ("data.test_path", cfg.test_path) if split == "test" and cfg.test_path else ("data.path", cfg.path)
+    if not os.path.isfile(path):
+        raise UserError(f"config key {key!r}: {path!r} is not a file")
+    images, labels = load_npz(path, cfg.key, cfg.labels_key or None)
+    if len(images) == 0:
+        raise UserError(f"config key {key!r}: {path}[{cfg.key!r}] holds no images")
+    if labels is None:
+        labels = np.zeros(len(images), np.int32)  # unconditional: one class (the null label is 1)
+    elif labels.min() < 0:
+        raise UserError(f"{path}[{cfg.labels_key!r}]: labels must be >= 0, got {labels.min()}")
     return np.asarray(images, np.float32), np.asarray(labels, np.int32)
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Load both splits once, so that a missing or bad .npz (or a test split of another image
+    shape) fails with one line before a run directory is made; digits needs no check."""
+    if cfg.name == "digits":
+        return
+    train_x, _ = load_data(cfg, "train")
+    test_x, _ = load_data(cfg, "test")
+    if test_x.shape[1:] != train_x.shape[1:]:
+        raise UserError(f"config key 'data.test_path': its images are {'x'.join(map(str, test_x.shape[1:]))}, "
+                        f"the training images {'x'.join(map(str, train_x.shape[1:]))}")
 
 
 def make_optimizer(cfg: TrainConfig):
@@ -402,8 +449,10 @@ def train_teacher(cfg: TeacherConfig | None = None, *, run_dir=None, resume: boo
     if resume:
         run_dir = rundir.prepare(run_dir, resume=True)
         cfg = resume_config(run_dir, overrides)
+        check_data(cfg.data)
     else:
         cfg = load_config(config.to_dict(cfg) if cfg is not None else None, overrides)
+        check_data(cfg.data)  # before the run directory is made
         run_dir = rundir.prepare(run_dir, root=root, prefix="teacher")
     rundir.write_config(run_dir, cfg)
     out = run_spmd(teacher_loop, {"config": config.to_dict(cfg)}, num_workers=workers, run_dir=run_dir,
@@ -448,8 +497,10 @@ def sample_teacher(teacher: Teacher, n: int, *, seed: int, sampler: str = "ddim"
 
 def check_teacher(run_dir) -> dict:
     """The end-of-training check of config `sample`: samples.png (per_class samples of each
-    class, one column per class) and FD / KID in digit-classifier features against the test split."""
+    class, one column per class) and FD / KID against the test split, in digit-classifier
+    features (digits) or flattened pixels (npz)."""
     from pipeline import metrics, report
+    from pipeline.evaluate import features_in_batches, pixel_features
     from pipeline.models import classifier
 
     t0 = time.time()
@@ -463,11 +514,14 @@ def check_teacher(run_dir) -> dict:
     out = {"trained_steps": teacher.step, "sample_grid": "samples.png", "sampler": sc.sampler, "sample_steps": sc.steps,
            "sample_stride": sc.stride, "guidance": teacher.default_w}
     if sc.fd_samples:
-        feats = jax.jit(classifier.feature_fn(classifier.load_or_train_feature_net(sc.cache_dir)))
+        if teacher.config.data.name == "digits":
+            feats, label = classifier.feature_fn(classifier.load_or_train_feature_net(sc.cache_dir)), "digit-classifier"
+        else:
+            feats, label = pixel_features, "pixels"
         test_x, _ = load_data(teacher.config.data, "test")
-        gen = np.concatenate([np.asarray(feats(x[b:min(b + sc.batch_size, sc.fd_samples)])) for b in range(0, sc.fd_samples, sc.batch_size)])
-        ref = np.asarray(feats(test_x))
+        gen = features_in_batches(feats, x[:sc.fd_samples], sc.batch_size)
+        ref = features_in_batches(feats, test_x)
         out.update(fd_test=metrics.frechet_distance(gen, ref), kid_test=metrics.kid(gen, ref), fd_samples=sc.fd_samples,
-                   fd_reference=f"{teacher.config.data.name} test split, {len(test_x)} images, digit-classifier features")
+                   fd_reference=f"{teacher.config.data.name} test split, {len(test_x)} images, {label} features")
     out["check_s"] = time.time() - t0
     return out

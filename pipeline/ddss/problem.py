@@ -1,8 +1,9 @@
 """What a search optimises for: a model, a feature function and the reference features of its
 training data (the KID loss's target), built from the config in every process.
 
-- teacher: a trained teacher (pipeline.train.load_teacher), the digit classifier's features,
-  the teacher's training split as the reference (the test split stays for evaluation).
+- teacher: a trained teacher (pipeline.train.load_teacher), the digit classifier's features
+  (digits) or the flattened pixels (npz data), the teacher's training split as the reference
+  (the test split stays for evaluation).
 - gmm: a preset Gaussian mixture's exact denoiser, its samples as features, exact samples drawn
   from a seed that no evaluation uses as the reference.
 """
@@ -48,22 +49,23 @@ def _gmm_problem(cfg) -> SearchProblem:
 
 
 def _teacher_problem(cfg) -> SearchProblem:
+    """A trained teacher, its training split as the reference: in digit-classifier features
+    (digits) or flattened pixels (npz)."""
     import os
 
-    import jax
-    import jax.numpy as jnp
-
     from pipeline import train
+    from pipeline.evaluate import features_in_batches
     from pipeline.models import classifier
 
     teacher = train.load_teacher(cfg.teacher)
     images, _ = train.load_data(teacher.config.data, "train")
-    feat_params = classifier.load_or_train_feature_net(cfg.cache_dir)
-    feature_fn = classifier.feature_fn(feat_params)
-    embed = jax.jit(feature_fn)
-    reference = np.concatenate([np.asarray(embed(jnp.asarray(images[i:i + 500]))) for i in range(0, len(images), 500)])
+    if teacher.config.data.name == "digits":
+        feature_fn, label = classifier.feature_fn(classifier.load_or_train_feature_net(cfg.cache_dir)), "digit-classifier"
+    else:
+        feature_fn, label = _flatten, "pixels"
+    reference = features_in_batches(feature_fn, images)
     return SearchProblem(teacher, feature_fn, reference.reshape(len(images), -1).astype(np.float32), {
         "teacher": os.path.abspath(cfg.teacher), "teacher_step": teacher.step, "schedule": teacher.schedule.name,
-        "features": "digit-classifier", "data_shape": list(teacher.data_shape),
+        "features": label, "data_shape": list(teacher.data_shape),
         "guidance": teacher.default_w if cfg.guidance is None else cfg.guidance,
     })
