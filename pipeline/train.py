@@ -15,6 +15,7 @@ search, distillation and evaluation; `evaluate_teacher` writes its sample grid a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 import time
@@ -239,34 +240,44 @@ def abstract_state(model, optimizer, data_shape, sharding) -> dict:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def diffusion_loss(params, model, sched, x0, y, key, label_dropout: float, null_label: int):
-    """Eps-prediction loss with t ~ U(0, 1) and labels dropped to `null_label` w.p. label_dropout."""
-    k_t, k_eps, k_drop, k_model = jax.random.split(key, 4)
-    B = x0.shape[0]
-    t = jax.random.uniform(k_t, (B,))
-    eps = jax.random.normal(k_eps, x0.shape)
-    bc = (B,) + (1,) * (x0.ndim - 1)
+def diffusion_loss(params, model, sched, batch, label_dropout: float, null_label: int):
+    """Eps-prediction loss (Ho et al. 2020, eq. 14) on batch = (x0, y, keys), a mean over its rows:
+    row i draws t ~ U(0, 1), eps and the drop of its label to `null_label` (w.p. label_dropout)
+    from its own key, so a batch split over devices draws the same numbers."""
+    x0, y, keys = batch
+    draws = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+    t = jax.vmap(jax.random.uniform)(draws[:, 0])
+    eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:]))(draws[:, 1])
+    bc = (x0.shape[0],) + (1,) * (x0.ndim - 1)
     x_t = sched.alpha(t).reshape(bc) * x0 + sched.sigma(t).reshape(bc) * eps
-    y = jnp.where(jax.random.uniform(k_drop, (B,)) < label_dropout, null_label, y)
-    eps_hat = model.apply({"params": params}, x_t, t, y, train=True, rngs={"dropout": k_model})
+    y = jnp.where(jax.vmap(jax.random.uniform)(draws[:, 2]) < label_dropout, null_label, y)
+    # network dropout (off by default) draws per slice, from the slice's first row
+    eps_hat = model.apply({"params": params}, x_t, t, y, train=True, rngs={"dropout": jax.random.fold_in(keys[0], 1)})
     return jnp.mean(jnp.square(eps_hat - eps))
 
 
-def make_train_step(model, sched, optimizer, cfg: TrainConfig, null_label: int):
-    """One step: loss and gradient on the (sharded) global batch, Adam, EMA."""
+def make_train_step(model, sched, optimizer, cfg: TrainConfig, null_label: int, mesh):
+    """step(state, x0, y, rows) -> (state, loss): loss and gradient of the global batch (this
+    process holds its `rows`, NumPy x0 and y; pipeline.distributed.grads), Adam, EMA; state
+    and loss replicated over `mesh`."""
+    from pipeline.distributed.grads import ProcessGradients
 
-    def train_step(state, x0, y):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-        loss, grads = jax.value_and_grad(diffusion_loss)(
-            state["params"], model, sched, x0, y, key, cfg.label_dropout, null_label
-        )
-        updates, opt = optimizer.update(grads, state["opt"], state["params"])
+    grads = ProcessGradients(lambda p, b: diffusion_loss(p, model, sched, b, cfg.label_dropout, null_label), mesh)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def update(state, flat):
+        loss, g = grads.unravel_like(state["params"], flat)
+        updates, opt = optimizer.update(g, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         step = state["step"] + 1
         # EMA with the usual warm-up of its decay, min(decay, (1 + n) / (10 + n))
         decay = jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
         return {"params": params, "ema": ema, "opt": opt, "step": step, "key": state["key"]}, loss
+
+    def train_step(state, x0, y, rows: slice):
+        flat = grads(state["params"], (x0, y), state["key"], state["step"], rows, cfg.batch_size)
+        return grads.to_global(update(grads.local(state), flat))
 
     return train_step
 
@@ -300,17 +311,14 @@ def teacher_loop(ctx) -> dict:
         state = ck.restore(abstract_state(model, optimizer, images.shape[1:], ctx.replicated))
     start = int(state["step"])
 
-    step_fn = jax.jit(
-        make_train_step(model, sched, optimizer, tc, num_classes),
-        out_shardings=(ctx.replicated, ctx.replicated), donate_argnums=0,
-    )
+    step_fn = make_train_step(model, sched, optimizer, tc, num_classes, ctx.mesh)
     t0, done, loss = time.time(), 0, None
     t_first = None  # the first step's time includes compilation: rates start after it
     with ctx.progress(tc.steps, start, "train") as bar:
         for step in range(start, tc.steps):
             idx = batch_indices(tc.seed, step, len(images), tc.batch_size)
-            x0, y = ctx.shard_rows(tc.batch_size, lambda r: (images[idx[r]], labels[idx[r]]))
-            state, loss = step_fn(state, x0, y)
+            rows = ctx.local_rows(tc.batch_size)
+            state, loss = step_fn(state, images[idx[rows]], labels[idx[rows]], rows)
             done, n = done + 1, step + 1
             if t_first is None:
                 loss.block_until_ready()
