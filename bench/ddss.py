@@ -169,7 +169,7 @@ def section(name: str, problem, problem_key: dict, args, ks, budget) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--teacher", help="a trained digits teacher run (default: bench/eval.py's, bench/out/teacher)")
+    p.add_argument("--teacher", help="a trained digits teacher run (default: the shared bench teacher, bench/out/teacher)")
     p.add_argument("--cache-dir", default=os.path.join(ROOT, ".cache"), help="digit-classifier cache")
     p.add_argument("--ks", type=int, nargs="+", default=[5, 10, 25], help="digits: K of the baselines")
     p.add_argument("--gmm-ks", type=int, nargs="+", default=[5, 10, 15, 20, 25], help="gmm control: K of the baselines")

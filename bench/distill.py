@@ -118,7 +118,7 @@ def distill(teacher_dir: str, args) -> tuple[object, list[dict]]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--teacher", help="a trained digits teacher run (default: train one in bench/out/distill/teacher)")
+    p.add_argument("--teacher", help="a trained digits teacher run (default: the shared bench teacher, bench/out/teacher)")
     p.add_argument("--teacher-steps", type=int, default=256)
     p.add_argument("--start-steps", type=int, default=256)
     p.add_argument("--stage1-steps", type=int, default=300)
