@@ -262,7 +262,7 @@ def make_train_step(model, sched, optimizer, cfg: TrainConfig, null_label: int, 
     and loss replicated over `mesh`."""
     from pipeline.distributed.grads import ProcessGradients
 
-    grads = ProcessGradients(lambda p, b: diffusion_loss(p, model, sched, b, cfg.label_dropout, null_label), mesh)
+    grads = ProcessGradients(lambda p, _, b: diffusion_loss(p, model, sched, b, cfg.label_dropout, null_label), mesh)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def update(state, flat):

@@ -2,8 +2,9 @@
 worker or this process) with ctx.config = {"distill": <DistillConfig dict>, "round": r, "root": ROOT}
 and ctx.run_dir = ROOT/round-RR.
 
-The global batch is sharded over all devices; parameters and the teacher are replicated, so
-the gradient is the global-batch gradient. Data rows and every random draw are functions of
+Each process differentiates its rows of the global batch and the processes average one raveled
+gradient (pipeline.distributed.grads); parameters and the teacher are replicated, so the
+gradient is the global-batch gradient. Data rows and every random draw are functions of
 (seed, round, step), so a round resumed from its latest checkpoint ends with the same
 parameters as an uninterrupted one.
 """
@@ -54,15 +55,24 @@ def make_loss(cfg: dconfig.DistillConfig, r: int, teacher):
     return functools.partial(losses.round_loss, teacher_grid=jnp.asarray(grid, jnp.float32), **common)
 
 
-def make_train_step(loss_fn, optimizer, seed: int, r: int):
-    """One step on the (sharded) global batch; the step's key is fold_in(key(seed), r, step)."""
+def make_train_step(loss_fn, optimizer, mesh, batch: int):
+    """step(state, teacher_params, x0, y, rows) -> (state, loss): one Adam step on the global
+    batch of `batch` rows (this process holds its `rows`, NumPy x0 and y; pipeline.distributed.grads); row i
+    draws its noise from example_keys(fold_in(state["key"], step), batch)[i]."""
+    from pipeline.distributed.grads import ProcessGradients
 
-    def train_step(state, teacher_params, x0, y):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), r), state["step"])
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"], teacher_params, x0, y, key)
-        updates, opt = optimizer.update(grads, state["opt"], state["params"])
+    grads = ProcessGradients(lambda p, teacher, b: loss_fn(p, teacher, *b), mesh)
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def update(state, flat):
+        loss, g = grads.unravel_like(state["params"], flat)
+        updates, opt = optimizer.update(g, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt": opt, "step": state["step"] + 1}, loss
+        return {"params": params, "opt": opt, "step": state["step"] + 1, "key": state["key"]}, loss
+
+    def train_step(state, teacher_params, x0, y, rows: slice):
+        flat = grads(state["params"], (x0, y), state["key"], state["step"], rows, batch, aux=teacher_params)
+        return grads.to_global(update(grads.local(state), flat))
 
     return train_step
 
@@ -82,8 +92,9 @@ def round_loop(ctx) -> dict:
     teacher_params = jax.device_get(teacher.params if r == 0 else load_student_params(root, r - 1, teacher.params))
     optimizer = make_optimizer(stage, cfg.grad_clip)
 
-    def init():
-        return {"params": teacher_params, "opt": optimizer.init(teacher_params), "step": jnp.zeros((), jnp.int32)}
+    def init():  # the round's key: fold_in(key(seed), r)
+        return {"params": teacher_params, "opt": optimizer.init(teacher_params), "step": jnp.zeros((), jnp.int32),
+                "key": jax.random.key_data(jax.random.fold_in(jax.random.key(cfg.seed), r))}
 
     ck = ctx.checkpointer(max_to_keep=2)
     if ck.latest_step() is None:
@@ -93,16 +104,13 @@ def round_loop(ctx) -> dict:
         state = ck.restore(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=ctx.replicated), shapes))
     start = int(state["step"])
     teacher_rep = ctx.replicate(teacher_params)
-    step_fn = jax.jit(
-        make_train_step(make_loss(cfg, r, teacher), optimizer, cfg.seed, r),
-        out_shardings=(ctx.replicated, ctx.replicated), donate_argnums=0,
-    )
+    step_fn = make_train_step(make_loss(cfg, r, teacher), optimizer, ctx.mesh, stage.batch)
     t0, done, loss = time.time(), 0, None
     with ctx.progress(stage.train_steps, start, f"round {r} ({cfg.steps_of(r)} steps)") as bar:
         for step in range(start, stage.train_steps):
             idx = batch_rows(cfg.seed, r, step, len(images), stage.batch)
-            x0, y = ctx.shard_rows(stage.batch, lambda rows: (images[idx[rows]], labels[idx[rows]]))
-            state, loss = step_fn(state, teacher_rep, x0, y)
+            rows = ctx.local_rows(stage.batch)
+            state, loss = step_fn(state, teacher_rep, images[idx[rows]], labels[idx[rows]], rows)
             done, n = done + 1, step + 1
             if n % cfg.log_every == 0 or n == stage.train_steps:
                 rate = done / (time.time() - t0)

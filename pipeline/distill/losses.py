@@ -47,16 +47,20 @@ def x_hat(apply_fn, variables, z, t, y, w, sched):
     return x0_from_eps(z, eps, bcast(sched.alpha(t), z), bcast(sched.sigma(t), z))
 
 
-def _noised(x0, t, key, sched):
-    """z_t = alpha_t x0 + sigma_t eps (the forward process)."""
-    eps = jax.random.normal(key, x0.shape, x0.dtype)
+def _noised(x0, t, keys, sched):
+    """z_t = alpha_t x0 + sigma_t eps (the forward process), row i's eps from keys[i]."""
+    eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:], x0.dtype))(keys)
     return bcast(sched.alpha(t), x0) * x0 + bcast(sched.sigma(t), x0) * eps
 
 
 def _draw(key, B, w_range, dtype):
-    k_t, k_w, k_z = jax.random.split(key, 3)
-    w = jax.random.uniform(k_w, (B,), dtype, w_range[0], w_range[1])
-    return k_t, w, k_z
+    """Per-row keys for the time, w ~ U[w_range] and the keys of the noise. `key` is one key
+    (split into B) or B keys, one per row (the split of a batch over devices does not change
+    a row's draws)."""
+    keys = key if key.shape == (B,) else jax.random.split(key, B)
+    k = jax.vmap(lambda kk: jax.random.split(kk, 3))(keys)
+    w = jax.vmap(lambda kk: jax.random.uniform(kk, (), dtype, w_range[0], w_range[1]))(k[:, 1])
+    return k[:, 0], w, k[:, 2]
 
 
 def stage1_loss(params, teacher_params, x0, y, key, *, apply_fn, sched, start: float, w_range):
@@ -64,7 +68,7 @@ def stage1_loss(params, teacher_params, x0, y, key, *, apply_fn, sched, start: f
     ((1+w) x_cond(z_t) - w x_uncond(z_t))||^2, the teacher's guided x from one batched call."""
     B = x0.shape[0]
     k_t, w, k_z = _draw(key, B, w_range, x0.dtype)
-    t = start * (1.0 - jax.random.uniform(k_t, (B,), x0.dtype))  # (0, start]
+    t = start * (1.0 - jax.vmap(lambda k: jax.random.uniform(k, (), x0.dtype))(k_t))  # (0, start]
     z = _noised(x0, t, k_z, sched)
     teacher = jax.lax.stop_gradient(teacher_params)
     eps_guided = denoiser.guided_eps_fn(apply_fn, {"params": teacher}, y, w)(z, t)
@@ -80,7 +84,7 @@ def round_loss(params, teacher_params, x0, y, key, *, apply_fn, sched, teacher_g
     B = x0.shape[0]
     K = (teacher_grid.shape[0] - 1) // 2
     k_t, w, k_z = _draw(key, B, w_range, x0.dtype)
-    i = 2 * jax.random.randint(k_t, (B,), 0, K)
+    i = 2 * jax.vmap(lambda k: jax.random.randint(k, (), 0, K))(k_t)
     grid = jnp.asarray(teacher_grid, x0.dtype)
     t, t_mid, s = grid[i], grid[i + 1], grid[i + 2]
     z = _noised(x0, t, k_z, sched)

@@ -31,11 +31,12 @@ def example_keys(key, n: int):
 
 
 class ProcessGradients:
-    """`loss_fn(params, batch)` (a mean over the rows of `batch`) differentiated on this process's
+    """`loss_fn(params, aux, batch)` (a mean over the rows of `batch`; aux: replicated values
+    it is not differentiated in, e.g. a teacher's parameters) differentiated on this process's
     rows over its local devices; the batch given to loss_fn is (*rows, keys), one key per row.
-    Calling it with replicated global params, this process's rows (NumPy pytree) and their
-    global range gives the global batch's (loss, raveled gradient) as one vector [1 + P], on
-    this process's devices; `unravel_like(params)` turns the gradient back into a pytree.
+    Calling it with replicated global params and aux, this process's rows (NumPy pytree) and
+    their global range gives the global batch's (loss, raveled gradient) as one vector [1 + P],
+    on this process's devices; `unravel_like(params)` turns the gradient back into a pytree.
     `local` / `to_global` move replicated state between the global mesh and the local devices
     (no copy), so that the update too runs as a local program."""
 
@@ -47,13 +48,13 @@ class ProcessGradients:
         self._local_rep = NamedSharding(self.local_mesh, P())
         self._global_rep = NamedSharding(mesh, P())
 
-        def grad(params, batch, key_data, step, start, total):
+        def grad(params, aux, batch, key_data, step, start, total):
             key = jax.random.fold_in(jax.random.wrap_key_data(key_data), step)
             keys = jax.lax.dynamic_slice_in_dim(example_keys(key, total), start, jax.tree.leaves(batch)[0].shape[0])
-            loss, grads = jax.value_and_grad(loss_fn)(params, (*batch, keys))
+            loss, grads = jax.value_and_grad(loss_fn)(params, aux, (*batch, keys))
             return jnp.concatenate([loss[None], ravel_pytree(grads)[0]])
 
-        self._grad = jax.jit(grad, static_argnums=5, out_shardings=self._local_rep)
+        self._grad = jax.jit(grad, static_argnums=6, out_shardings=self._local_rep)
         # the one cross-process program: the mean over devices of their [1 + P] vectors
         self._mean = jax.jit(lambda a: jnp.mean(a, axis=0), out_shardings=self._global_rep)
 
@@ -67,10 +68,11 @@ class ProcessGradients:
         return jax.tree.map(lambda a: jax.make_array_from_single_device_arrays(
             a.shape, self._global_rep, [s.data for s in a.addressable_shards]), tree)
 
-    def __call__(self, params, batch, key_data, step, rows: slice, total: int):
+    def __call__(self, params, batch, key_data, step, rows: slice, total: int, aux=None):
         """Row i of the global batch draws from example_keys(fold_in(key, step), total)[i]."""
         batch = jax.device_put(batch, self._rows)
-        flat = self._grad(self.local(params), batch, self.local(key_data), self.local(step), rows.start, total)
+        flat = self._grad(self.local(params), self.local(aux), batch, self.local(key_data), self.local(step),
+                          rows.start, total)
         if self.local_mesh.size == self.mesh.size:  # one process: nothing to exchange
             return flat
         stacked = jax.make_array_from_single_device_arrays(
