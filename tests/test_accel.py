@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import model_calls
 from pipeline import samplers, schedules
 from pipeline.models.analytic import GaussianMixture
 from pipeline.samplers.accel import accel_ddim_coeff, accel_ddim_step, accel_ddpm_perturb, accel_ddpm_step
@@ -303,16 +304,7 @@ def test_accel_ddpm_error_is_first_order_and_below_ddpm():
 @pytest.mark.parametrize("K", [1, 4])
 def test_nfe_counts_model_evaluations(name, K):
     sched = schedules.get("linear")
-    calls = []
-    inner = GMM.eps_fn(sched)
-
-    def eps_fn(x, t):
-        jax.debug.callback(lambda: calls.append(1))
-        return inner(x, t)
-
-    jax.block_until_ready(samplers.sample(name, eps_fn, sched, jnp.zeros((4, 2)), K, key=jax.random.key(0)))
-    jax.effects_barrier()
-    assert len(calls) == samplers.nfe(name, K) == K
+    assert model_calls(name, GMM.eps_fn(sched), sched, jnp.zeros((4, 2)), K) == samplers.nfe(name, K) == K
 
 
 @pytest.mark.parametrize("name", ["accel-ddim", "accel-ddpm"])

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import model_calls
 from pipeline import samplers, schedules
 from pipeline.models.analytic import GaussianMixture
 
@@ -114,16 +115,7 @@ def test_nan_eps_raises_naming_sampler_and_step(name):
 @pytest.mark.parametrize("name", BASELINES)
 def test_nfe_counts_model_evaluations(name):
     sched = schedules.get("linear")
-    calls = []
-    inner = GMM.eps_fn(sched)
-
-    def eps_fn(x, t):
-        jax.debug.callback(lambda: calls.append(1))
-        return inner(x, t)
-
-    jax.block_until_ready(samplers.sample(name, eps_fn, sched, jnp.zeros((4, 2)), 5, key=jax.random.key(0)))
-    jax.effects_barrier()
-    assert len(calls) == samplers.nfe(name, 5) == 5
+    assert model_calls(name, GMM.eps_fn(sched), sched, jnp.zeros((4, 2)), 5) == samplers.nfe(name, 5) == 5
     assert [samplers.nfe(name, K) for K in (1, 10, 1000)] == [1, 10, 1000]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
+from helpers import one_line_exit_2
 from pipeline import cli, ddss, rundir, train
 from pipeline.errors import UserError
 
@@ -132,24 +133,15 @@ def test_npz_teacher_evaluates_in_pixels_and_searches(teacher, npz_files, tmp_pa
     assert all(np.all(np.isfinite(v)) for v in art["params"].values())
 
 
-def _one_line_exit_2(argv, capsys, *needles):
-    rc = cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert err and "\n" not in err and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-
-
 def test_bad_npz_data_fails_with_one_line_and_writes_nothing(npz_files, tmp_path, capsys):
     train_npz, _ = npz_files
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.full((4, 8, 8, 1), 1.5, np.float32), labels=np.zeros(4, np.int64))
     run = tmp_path / "run"
     base = ["train-teacher", "--run-dir", str(run), *_sets(TINY), "--set", "data.name=npz"]
-    _one_line_exit_2(base, capsys, "data.path")
-    _one_line_exit_2(base + ["--set", f"data.path={tmp_path / 'missing.npz'}"], capsys, "data.path", "missing.npz")
-    _one_line_exit_2(base + ["--set", f"data.path={bad}"], capsys, "bad.npz", "[-1, 1]")
-    _one_line_exit_2(base + ["--set", f"data.path={train_npz}", "--set", "data.labels_key=y"], capsys, "'y'")
-    _one_line_exit_2(base + ["--set", f"data.path={train_npz}", "--set", f"data.test_path={bad}"], capsys, "bad.npz")
+    one_line_exit_2(base, capsys, "data.path")
+    one_line_exit_2(base + ["--set", f"data.path={tmp_path / 'missing.npz'}"], capsys, "data.path", "missing.npz")
+    one_line_exit_2(base + ["--set", f"data.path={bad}"], capsys, "bad.npz", "[-1, 1]")
+    one_line_exit_2(base + ["--set", f"data.path={train_npz}", "--set", "data.labels_key=y"], capsys, "'y'")
+    one_line_exit_2(base + ["--set", f"data.path={train_npz}", "--set", f"data.test_path={bad}"], capsys, "bad.npz")
     assert not run.exists(), "rejected data must not create the run directory"

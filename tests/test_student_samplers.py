@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import model_calls
 from pipeline import samplers, schedules
 from pipeline.errors import UserError
 from pipeline.models.analytic import GaussianMixture
@@ -114,17 +115,7 @@ def test_one_step_samplers_agree_and_return_x_hat():
 @pytest.mark.parametrize("K", [1, 5])
 def test_nfe_is_the_number_of_model_evaluations(name, K):
     sched = schedules.get("linear")
-    calls = []
-    inner = GMM.eps_fn(sched)
-
-    def eps_fn(x, t):
-        jax.debug.callback(lambda: calls.append(1))
-        return inner(x, t)
-
-    x_T = jnp.zeros((4, 2))
-    jax.block_until_ready(samplers.sample(name, eps_fn, sched, x_T, K, key=jax.random.key(0)))
-    jax.effects_barrier()
-    assert len(calls) == samplers.nfe(name, K) == K
+    assert model_calls(name, GMM.eps_fn(sched), sched, jnp.zeros((4, 2)), K) == samplers.nfe(name, K) == K
 
 
 @pytest.mark.parametrize("name", ["student-ddim", "student-stochastic"])

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from helpers import one_line_exit_2
 from pipeline import cli, rundir, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,29 +55,19 @@ def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def _one_line_exit_2(argv, capsys, *needles):
-    rc = cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert err and "\n" not in err and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
-
-
 def test_bad_config_and_flags_fail_with_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  stepz: 10\n")
     run_dir = tmp_path / "r"
-    _one_line_exit_2(["train-teacher", "--config", str(bad), "--run-dir", str(run_dir)], capsys, "train.stepz")
+    one_line_exit_2(["train-teacher", "--config", str(bad), "--run-dir", str(run_dir)], capsys, "train.stepz")
     bad.write_text("train:\n  steps: -5\n")
-    _one_line_exit_2(["train-teacher", "--config", str(bad), "--run-dir", str(run_dir)], capsys, "train.steps")
+    one_line_exit_2(["train-teacher", "--config", str(bad), "--run-dir", str(run_dir)], capsys, "train.steps")
     bad.write_text("train:\n  lr: fast\n")
-    _one_line_exit_2(["train-teacher", "--config", str(bad), "--run-dir", str(run_dir)], capsys, "train.lr")
-    _one_line_exit_2(["train-teacher", "--config", str(tmp_path / "missing.yaml")], capsys, "missing.yaml")
-    _one_line_exit_2(["train-teacher", "--set", "train.steps"], capsys, "--set")
-    _one_line_exit_2(["train-teacher", "--resume"], capsys, "--run-dir")
-    _one_line_exit_2(["train-teacher", "--resume", "--run-dir", str(tmp_path / "nothing")], capsys)
+    one_line_exit_2(["train-teacher", "--config", str(bad), "--run-dir", str(run_dir)], capsys, "train.lr")
+    one_line_exit_2(["train-teacher", "--config", str(tmp_path / "missing.yaml")], capsys, "missing.yaml")
+    one_line_exit_2(["train-teacher", "--set", "train.steps"], capsys, "--set")
+    one_line_exit_2(["train-teacher", "--resume"], capsys, "--run-dir")
+    one_line_exit_2(["train-teacher", "--resume", "--run-dir", str(tmp_path / "nothing")], capsys)
     assert not run_dir.exists(), "a rejected config must not create the run directory"
 
 
@@ -86,10 +77,10 @@ def test_resume_refuses_to_change_the_model_and_keeps_the_run(tmp_path, capsys):
     assert cli.main(["train-teacher", "--run-dir", str(run_dir), *TINY[:-2], "--set", "train.steps=4"]) == 0
     capsys.readouterr()
     before = {p: os.path.getmtime(os.path.join(run_dir, p)) for p in ("config.yaml", "results.json")}
-    _one_line_exit_2(["train-teacher", "--run-dir", str(run_dir), "--resume", "--set", "model.kwargs.ch=16"], capsys,
+    one_line_exit_2(["train-teacher", "--run-dir", str(run_dir), "--resume", "--set", "model.kwargs.ch=16"], capsys,
                      "model.kwargs.ch")
     assert {p: os.path.getmtime(os.path.join(run_dir, p)) for p in before} == before
     assert _checkpoint_steps(run_dir) == [4]
     # a non-empty run directory is never trained into without --resume
-    _one_line_exit_2(["train-teacher", "--run-dir", str(run_dir), *TINY], capsys, str(run_dir))
+    one_line_exit_2(["train-teacher", "--run-dir", str(run_dir), *TINY], capsys, str(run_dir))
     assert _checkpoint_steps(run_dir) == [4]
