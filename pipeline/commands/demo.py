@@ -50,9 +50,9 @@ QUICK = Budget(
 FULL = Budget(
     teacher={"train.steps": 700},
     ks=(5, 10, 20), num_samples=1000, batch_size=250,
-    search_ks=(5, 10), search_steps=40, search_batch=64, search_eval_samples=250,
-    distill={"start_steps": 16, "stage1": {"train_steps": 300, "lr": 3e-4, "batch": 64},
-             "rounds": {"train_steps": 150, "lr": 1e-4, "batch": 64}},
+    search_ks=(5, 10), search_steps=100, search_batch=64, search_eval_samples=250,
+    distill={"start_steps": 16, "stage1": {"train_steps": 1000, "lr": 3e-4, "batch": 64},
+             "rounds": {"train_steps": 400, "lr": 2e-4, "batch": 64}},
 )
 
 # (method label, sampler name, stride)
@@ -232,8 +232,10 @@ def run(args) -> int:
             t1 = time.time()
             cfg = ddss.load_config(None, {
                 "teacher": teacher, "steps": k, "train_steps": budget.search_steps, "batch_size": budget.search_batch,
-                "eval_every": budget.search_steps, "eval_samples": budget.search_eval_samples,
-                "cache_dir": cache_dir, "workers": 0, "checkpoint_every": budget.search_steps})
+                "eval_every": max(1, budget.search_steps // 4), "eval_samples": budget.search_eval_samples,
+                # K <= 10 on CPU: the unrolled adjoint is the fastest reverse pass, its memory small
+                "remat": "adjoint-unrolled", "cache_dir": cache_dir, "workers": 0,
+                "checkpoint_every": budget.search_steps})
             try:
                 result = ddss.search(cfg, run_dir=os.path.join(run_dir, f"ddss-K{k}"), workers=0)
             except ddss.SearchDiverged as e:  # reported, not hidden: the row is left out
