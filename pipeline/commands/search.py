@@ -5,8 +5,8 @@ import json
 
 NAME = "search"
 HELP = ("Learn a fast sampler for a teacher by DDSS (Watson et al. 2022): gradient descent on the "
-        "GGDM sampler's parameters through the whole K-step chain, loss KID in digit-classifier "
-        "features, the chains sharded over W Ray Train workers; the best parameters on held-out "
+        "GGDM sampler's parameters through the whole K-step chain, loss KID in the data's features "
+        "(the digit classifier's on digits, the pixels on .npz data), the chains sharded over W Ray Train workers; the best parameters on held-out "
         "seeds are saved as RUN_DIR/sampler (evaluate it with --sampler ggdm:RUN_DIR/sampler).")
 EXAMPLE = "ddss search --teacher runs/teacher-digits --steps 5 --variant ggdm+pred+time --workers 2"
 

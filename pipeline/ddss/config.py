@@ -32,7 +32,7 @@ class SearchConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     reference_samples: int = 2000  # gmm: exact samples as the reference
-    cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # where the digit-classifier features are cached
+    cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # where the digit classifier (digits features) is cached
     workers: int = 1  # Ray Train workers (processes); 0: in this process, without Ray
     run_dir: str | None = dataclasses.field(default=None, metadata=config.PATH)  # None: runs/ddss-<timestamp>-<id>
     resume: bool = False  # continue run_dir from its latest checkpoint
