@@ -2,8 +2,8 @@
 devices, and the processes exchange one flat vector per step (pure JAX, no Ray).
 
 Why not one jit over the global mesh: XLA:CPU runs the U-Net's backward pass as a program of
-a two-process mesh about 10x slower than the same function jitted on the process's own device,
-even with no collective in the program (bench/spmd_cpu.py: 347 ms against 35 ms), and a
+a two-process mesh about 12x slower than the same function jitted on the process's own device,
+even with no collective in the program (bench/spmd_cpu.py: 296 ms against 24 ms), and a
 combined all-reduce of the 75 gradient leaves over gloo goes leaf by leaf (~3 ms each). Here
 the gradient and the update are process-local programs; the only cross-process program is a
 mean over a [devices, 1 + P] array (the loss and the raveled gradient of every device).
