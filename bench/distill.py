@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     four = [r_ for r_ in rows if r_["method"] == "student-ddim" and r_["steps"] == 4]
     met = {f"{r_['w']:g}": (r_.get("fd_ratio_to_teacher") is not None and r_["fd_ratio_to_teacher"] <= GOAL) for r_ in four}
     result = {
-        "bench": "distill", "date": "2026-11-25",
+        "bench": "distill", "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}",
         "load_avg_1min_at_end": os.getloadavg()[0],
         "command": "python bench/distill.py " + " ".join(argv if argv is not None else sys.argv[1:]),
