@@ -266,13 +266,20 @@ def sample_keys(seed: int, idx):
     return split(keys)
 
 
-def _flatten(x):
-    return x.reshape(x.shape[0], -1)
-
-
 def pixel_features(x):
-    """The flattened pixels [B, H*W*C]: the feature space of .npz data without Inception."""
+    """The flattened samples [B, prod(shape)]: the feature space of .npz data without Inception
+    and of Gaussian mixtures."""
     return x.reshape(x.shape[0], -1)
+
+
+def data_features(data_name: str, cache_dir) -> tuple:
+    """(feature_fn, label) of a teacher's data set: the digit classifier's penultimate layer for
+    digits (trained once into cache_dir), the flattened pixels otherwise."""
+    if data_name != "digits":
+        return pixel_features, "pixels"
+    from pipeline.models import classifier
+
+    return classifier.feature_fn(classifier.load_or_train_feature_net(cache_dir)), "digit-classifier"
 
 
 def features_in_batches(feature_fn, images, batch_size: int = 500) -> np.ndarray:
@@ -346,7 +353,7 @@ class Evaluator:
         model = spec.problem.model()
         r = resolve(spec, model)
         self.model = model
-        self.feature_fn = spec.problem.features() if spec.problem.features is not None else _flatten
+        self.feature_fn = spec.problem.features() if spec.problem.features is not None else pixel_features
         make_eps = r.plan.eps_fn or model.eps_fn
         self.num_classes = num_classes = int(getattr(model, "num_classes", 0) or 0)
         shape = tuple(model.data_shape)

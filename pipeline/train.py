@@ -508,8 +508,7 @@ def check_teacher(run_dir) -> dict:
     class, one column per class) and FD / KID against the test split, in digit-classifier
     features (digits) or flattened pixels (npz)."""
     from pipeline import metrics, report
-    from pipeline.evaluate import features_in_batches, pixel_features
-    from pipeline.models import classifier
+    from pipeline.evaluate import data_features, features_in_batches
 
     t0 = time.time()
     teacher = load_teacher(run_dir)
@@ -522,10 +521,7 @@ def check_teacher(run_dir) -> dict:
     out = {"trained_steps": teacher.step, "sample_grid": "samples.png", "sampler": sc.sampler, "sample_steps": sc.steps,
            "sample_stride": sc.stride, "guidance": teacher.default_w}
     if sc.fd_samples:
-        if teacher.config.data.name == "digits":
-            feats, label = classifier.feature_fn(classifier.load_or_train_feature_net(sc.cache_dir)), "digit-classifier"
-        else:
-            feats, label = pixel_features, "pixels"
+        feats, label = data_features(teacher.config.data.name, sc.cache_dir)
         test_x, _ = load_data(teacher.config.data, "test")
         gen = features_in_batches(feats, x[:sc.fd_samples], sc.batch_size)
         ref = features_in_batches(feats, test_x)

@@ -25,10 +25,6 @@ class SearchProblem:
     meta: dict  # what the artefact records: schedule, teacher or gmm, features
 
 
-def _flatten(x):
-    return x.reshape(x.shape[0], -1)
-
-
 def build_problem(cfg) -> SearchProblem:
     """The SearchProblem of a SearchConfig."""
     return _teacher_problem(cfg) if cfg.teacher else _gmm_problem(cfg)
@@ -39,12 +35,12 @@ def _gmm_problem(cfg) -> SearchProblem:
 
     from pipeline import schedules
     from pipeline.data.gmm import gmm_preset
-    from pipeline.evaluate import AnalyticModel
+    from pipeline.evaluate import AnalyticModel, pixel_features
 
     mixture = gmm_preset(cfg.gmm)
     model = AnalyticModel(mixture, schedules.get("cosine"))
     reference = np.asarray(mixture.sample(jax.random.key(REFERENCE_SEED), cfg.reference_samples), np.float32)
-    return SearchProblem(model, _flatten, reference,
+    return SearchProblem(model, pixel_features, reference,
                          {"gmm": cfg.gmm, "schedule": "cosine", "features": "samples", "data_shape": [mixture.dim]})
 
 
@@ -54,15 +50,11 @@ def _teacher_problem(cfg) -> SearchProblem:
     import os
 
     from pipeline import train
-    from pipeline.evaluate import features_in_batches
-    from pipeline.models import classifier
+    from pipeline.evaluate import data_features, features_in_batches
 
     teacher = train.load_teacher(cfg.teacher)
     images, _ = train.load_data(teacher.config.data, "train")
-    if teacher.config.data.name == "digits":
-        feature_fn, label = classifier.feature_fn(classifier.load_or_train_feature_net(cfg.cache_dir)), "digit-classifier"
-    else:
-        feature_fn, label = _flatten, "pixels"
+    feature_fn, label = data_features(teacher.config.data.name, cfg.cache_dir)
     reference = features_in_batches(feature_fn, images)
     return SearchProblem(teacher, feature_fn, reference.reshape(len(images), -1).astype(np.float32), {
         "teacher": os.path.abspath(cfg.teacher), "teacher_step": teacher.step, "schedule": teacher.schedule.name,
