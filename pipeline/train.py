@@ -15,7 +15,6 @@ search, distillation and evaluation; `evaluate_teacher` writes its sample grid a
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import os
 import time
@@ -264,22 +263,17 @@ def make_train_step(model, sched, optimizer, cfg: TrainConfig, null_label: int, 
 
     grads = ProcessGradients(lambda p, _, b: diffusion_loss(p, model, sched, b, cfg.label_dropout, null_label), mesh)
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def update(state, flat):
-        loss, g = grads.unravel_like(state["params"], flat)
+    def apply_gradient(state, g):
         updates, opt = optimizer.update(g, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         step = state["step"] + 1
         # EMA with the usual warm-up of its decay, min(decay, (1 + n) / (10 + n))
         decay = jnp.minimum(cfg.ema_decay, (1.0 + step) / (10.0 + step))
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state["ema"], params)
-        return {"params": params, "ema": ema, "opt": opt, "step": step, "key": state["key"]}, loss
+        return {"params": params, "ema": ema, "opt": opt, "step": step, "key": state["key"]}
 
-    def train_step(state, x0, y, rows: slice):
-        flat = grads(state["params"], (x0, y), state["key"], state["step"], rows, cfg.batch_size)
-        return grads.to_global(update(grads.local(state), flat))
-
-    return train_step
+    step = grads.train_step(apply_gradient, cfg.batch_size)
+    return lambda state, x0, y, rows: step(state, (x0, y), rows)
 
 
 def batch_indices(seed: int, step: int, n_data: int, batch_size: int) -> np.ndarray:

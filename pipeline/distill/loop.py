@@ -63,18 +63,13 @@ def make_train_step(loss_fn, optimizer, mesh, batch: int):
 
     grads = ProcessGradients(lambda p, teacher, b: loss_fn(p, teacher, *b), mesh)
 
-    @functools.partial(jax.jit, donate_argnums=0)
-    def update(state, flat):
-        loss, g = grads.unravel_like(state["params"], flat)
+    def apply_gradient(state, g):
         updates, opt = optimizer.update(g, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt": opt, "step": state["step"] + 1, "key": state["key"]}, loss
+        return {"params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1,
+                "key": state["key"]}
 
-    def train_step(state, teacher_params, x0, y, rows: slice):
-        flat = grads(state["params"], (x0, y), state["key"], state["step"], rows, batch, aux=teacher_params)
-        return grads.to_global(update(grads.local(state), flat))
-
-    return train_step
+    step = grads.train_step(apply_gradient, batch)
+    return lambda state, teacher_params, x0, y, rows: step(state, (x0, y), rows, aux=teacher_params)
 
 
 def round_loop(ctx) -> dict:

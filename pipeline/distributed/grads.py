@@ -14,6 +14,7 @@ reduction order.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -84,3 +85,20 @@ class ProcessGradients:
     def unravel_like(params, flat):
         """(loss, gradient pytree like params) from __call__'s vector."""
         return flat[0], ravel_pytree(params)[1](flat[1:])
+
+    def train_step(self, apply_gradient: Callable, batch_size: int) -> Callable:
+        """step(state, rows_data, rows, aux=None) -> (state, loss) for a state holding "params",
+        "key" (key data) and "step": the gradient of the global batch of batch_size rows, then
+        apply_gradient(state, grads) -> new state as a local program (state donated); state and
+        loss come back as replicated global arrays."""
+
+        @functools.partial(jax.jit, donate_argnums=0)
+        def update(state, flat):
+            loss, grads = self.unravel_like(state["params"], flat)
+            return apply_gradient(state, grads), loss
+
+        def step(state, rows_data, rows: slice, aux=None):
+            flat = self(state["params"], rows_data, state["key"], state["step"], rows, batch_size, aux=aux)
+            return self.to_global(update(self.local(state), flat))
+
+        return step
