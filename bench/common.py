@@ -18,25 +18,25 @@ def default_teacher(run_dir: str = TEACHER_DIR) -> str:
     """The teacher of `ddss train-teacher` with the default digits config and TEACHER_STEPS steps,
     trained here the first time (an interrupted training is resumed); its results.json holds the
     training time and FD."""
-    from pipeline import rundir, train
+    from pipeline.teacher import config as tconfig
+    from pipeline.teacher.train import reuse_or_train
 
-    if "teacher" in rundir.read_results(run_dir) if os.path.isdir(run_dir) else False:
-        return run_dir
-    print(f"training the digits teacher ({TEACHER_STEPS} steps) in {run_dir} ...", file=sys.stderr)
-    if os.path.isfile(os.path.join(run_dir, rundir.CONFIG)):
-        train.train_teacher(run_dir=run_dir, resume=True)
-    else:
-        train.train_teacher(train.load_config(os.path.join(ROOT, "configs", "digits_teacher.yaml"),
-                                              {"sample.cache_dir": CACHE_DIR, "train.steps": TEACHER_STEPS, "train.checkpoint_every": 400}), run_dir=run_dir)
-    return run_dir
+    def log(state, path):
+        if state != "reuse":
+            print(f"training the digits teacher ({TEACHER_STEPS} steps) in {path} ...", file=sys.stderr)
+
+    cfg = tconfig.load_config(os.path.join(ROOT, "configs", "digits_teacher.yaml"),
+                              {"sample.cache_dir": CACHE_DIR, "train.steps": TEACHER_STEPS, "train.checkpoint_every": 400})
+    return reuse_or_train(cfg, run_dir, log=log)
 
 
 def score(problem, sampler: str, K: int, stride: str, n: int, seed: int = 0) -> dict:
     """FD / KID of n samples of `sampler` at K steps (same seeds for every sampler), and the time."""
-    from pipeline.evaluate import EvalSpec, evaluate_local
+    from pipeline.app.artefacts import eval_spec
+    from pipeline.evaluation import evaluate_local
 
     t = time.time()
-    m = evaluate_local(EvalSpec(problem, sampler, K, n, stride=stride, batch_size=500, seed=seed))
+    m = evaluate_local(eval_spec(problem, sampler, K, n, stride=stride, batch_size=500, seed=seed))
     print(f"  {sampler.split(':')[0]} ({stride}) K={K}: FD {m['fd']:.4g} KID {m['kid']:.4g} [{time.time() - t:.0f} s]",
           file=sys.stderr)
     return {"fd": m["fd"], "kid": m["kid"], "eval_s": time.time() - t}

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import jax
@@ -41,7 +40,7 @@ from tqdm import tqdm
 jax.config.update("jax_enable_x64", True)
 
 from pipeline import samplers, schedules  # noqa: E402
-from pipeline.config import atomic_write_text  # noqa: E402
+from pipeline.io import atomic_savefig, atomic_write_text  # noqa: E402
 from pipeline.data.gmm import gmm_preset  # noqa: E402
 
 DETERMINISTIC = ("ddim", "accel-ddim", "dpm-solver++2m")
@@ -202,11 +201,7 @@ def plot(results, path):
             ax.set_ylabel("mean |x0 - ref|" if r == 0 else "MMD to the mixture")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

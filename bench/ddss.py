@@ -98,6 +98,8 @@ def plot(panels, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipeline.io import atomic_savefig
+
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     for ax, (title, rows, ks) in zip(axes[0], panels):
         for name in dict.fromkeys(r["name"] for r in rows):
@@ -111,8 +113,7 @@ def plot(panels, path):
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    os.replace(path + ".tmp.png", path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 def x0_error_at_t1(teacher: str) -> dict:
@@ -121,10 +122,11 @@ def x0_error_at_t1(teacher: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from pipeline import train
+    from pipeline.data import loading
+    from pipeline.teacher import model as tmodel
 
-    T = train.load_teacher(teacher)
-    x0, y = (jnp.asarray(a[:512]) for a in train.load_data(T.config.data, "train"))
+    T = tmodel.load_teacher(teacher)
+    x0, y = (jnp.asarray(a[:512]) for a in loading.load_data(T.config.data, "train"))
     out = {}
     for t in (1.0, 0.9):
         eps = jax.random.normal(jax.random.key(0), x0.shape)
@@ -191,9 +193,9 @@ def main(argv=None) -> int:
     t_start, load0 = time.time(), os.getloadavg()[0]
     teacher = os.path.abspath(args.teacher) if args.teacher else common.default_teacher()
 
-    from pipeline import config as cfgmod
+    from pipeline.io import atomic_write_text
     from pipeline.data.gmm import gmm_preset
-    from pipeline.evaluate import analytic_problem, teacher_problem
+    from pipeline.evaluation import analytic_problem, teacher_problem
 
     out = {"meta": {"command": "python bench/ddss.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "teacher": teacher, "args": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores"}}
@@ -218,7 +220,7 @@ def main(argv=None) -> int:
     out["meta"].update(seconds=time.time() - t_start, load_average_start_end=[load0, os.getloadavg()[0]])
 
     os.makedirs(OUT, exist_ok=True)
-    cfgmod.atomic_write_text(os.path.join(OUT, "ddss.json"), json.dumps(out, indent=1, default=float) + "\n")
+    atomic_write_text(os.path.join(OUT, "ddss.json"), json.dumps(out, indent=1, default=float) + "\n")
     plot([("digits teacher, digit-classifier features", out["digits"]["rows"], args.ks)]
          + ([(f"{args.gmm} exact denoiser, samples as features", out["gmm"]["rows"], args.gmm_ks)] if args.gmm else []),
          os.path.join(OUT, "ddss.png"))
@@ -228,7 +230,7 @@ def main(argv=None) -> int:
                       "|---|" + "---|" * (len(args.memory_ks) + 1)]
                      + [f"| {r} | " + " | ".join(f"{mem[K, r] / 2**20:.1f} / {step_s[K, r]:.2f}" for K in args.memory_ks)
                         + f" | {out['memory_ratio'][r]:.2f} |" for r in REMAT])]
-    cfgmod.atomic_write_text(os.path.join(OUT, "ddss.md"), "\n\n".join(md) + "\n")
+    atomic_write_text(os.path.join(OUT, "ddss.md"), "\n\n".join(md) + "\n")
     print("\n\n".join(md))
     print(json.dumps({"goals": {k: out[k]["goals"] for k in ("digits", "gmm") if k in out},
                       "memory_ratio_K%d_over_K%d" % (hi, lo): out["memory_ratio"],

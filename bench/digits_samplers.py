@@ -38,6 +38,8 @@ def plot(rows, path: str, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipeline.io import atomic_savefig
+
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name in dict.fromkeys(r["name"] for r in rows):
         pts = sorted((r["K"], r["fd"]) for r in rows if r["name"] == name)
@@ -45,8 +47,7 @@ def plot(rows, path: str, title: str):
     ax.set(xlabel="NFE (= K)", ylabel="FD (digit-classifier features)", yscale="log", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
-    os.replace(path + ".tmp.png", path)
+    atomic_savefig(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:
@@ -59,8 +60,8 @@ def main(argv=None) -> int:
     t0, load0 = time.time(), os.getloadavg()[0]
     teacher = os.path.abspath(args.teacher) if args.teacher else common.default_teacher()
 
-    from pipeline import config
-    from pipeline.evaluate import teacher_problem
+    from pipeline.io import atomic_write_text
+    from pipeline.evaluation import teacher_problem
 
     problem = teacher_problem(teacher, common.CACHE_DIR)
     problem.prepare()
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
                     **common.machine(load0)},
            "rows": rows, "goal_accel_ddim_below_ddim": goal}
     os.makedirs(common.OUT, exist_ok=True)
-    config.atomic_write_text(os.path.join(common.OUT, "digits_samplers.json"), json.dumps(out, indent=1) + "\n")
+    atomic_write_text(os.path.join(common.OUT, "digits_samplers.json"), json.dumps(out, indent=1) + "\n")
     plot(rows, os.path.join(common.OUT, "digits_samplers.png"), f"digits teacher, {args.num_samples} samples per point")
     print(table(rows, args.ks))
     print(json.dumps(goal, indent=1))

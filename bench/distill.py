@@ -52,16 +52,14 @@ class Scorer:
         import jax.numpy as jnp
 
         from pipeline import samplers
-        from pipeline.evaluate import sample_keys
+        from pipeline.evaluation import sample_inputs
         from pipeline.models import denoiser
 
         t = self.teacher
         make = denoiser.guided_eps_fn if kind == "teacher" else denoiser.student_eps_fn
 
         def block(params, grid, w, idx):
-            kx, kn = sample_keys(self.seed, idx)
-            x_T = jax.vmap(lambda k: jax.random.normal(k, t.data_shape, jnp.float32))(kx)
-            y = (idx % t.num_classes).astype(jnp.int32)
+            x_T, kn, y = sample_inputs(jax.random.key(self.seed), idx, t.data_shape, t.num_classes)
             eps_fn = make(t.apply_fn, {"params": params}, y, jnp.full(idx.shape, w, jnp.float32))
             x0, bad = samplers.run(sampler, eps_fn, t.schedule, x_T, grid, key=kn)
             return x0, self.features(x0), bad
@@ -135,12 +133,12 @@ def main(argv=None) -> int:
     import numpy as np
 
     from pipeline import rundir
-    from pipeline.config import atomic_write_text
     from pipeline.distill import losses
-    from pipeline.distill.loop import load_student_params
+    from pipeline.distill.student import load_student_params
     from pipeline.distill import rounds
+    from pipeline.io import atomic_write_text
     from pipeline.report import save_grid
-    from pipeline.train import load_teacher
+    from pipeline.teacher.model import load_teacher
 
     t_all = time.time()
     os.makedirs(HERE, exist_ok=True)
@@ -242,6 +240,8 @@ def _plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipeline.io import atomic_savefig
+
     ws = sorted({r["w"] for r in rows})
     fig, axes = plt.subplots(1, len(ws), figsize=(3.2 * len(ws), 3.2), sharey=True, squeeze=False)
     for ax, w in zip(axes[0], ws):
@@ -260,9 +260,7 @@ def _plot(rows, path):
     axes[0][0].set_ylabel("FD (digit-classifier features)")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 

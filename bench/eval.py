@@ -43,13 +43,14 @@ def main(argv=None) -> int:
 
     import dataclasses
 
+    from pipeline.app.artefacts import eval_spec
     from pipeline.distributed.evaluation import evaluate
-    from pipeline.evaluate import EvalSpec, teacher_problem
+    from pipeline.evaluation import teacher_problem
 
     problem = teacher_problem(teacher, os.path.join(ROOT, ".cache"))
     if args.features == "samples":
         problem = dataclasses.replace(problem, features=None, prepare=None, label="samples")
-    spec = EvalSpec(problem, args.sampler, args.steps, args.num_samples, batch_size=args.batch_size)
+    spec = eval_spec(problem, args.sampler, args.steps, args.num_samples, batch_size=args.batch_size)
     rows = []
     for w in args.workers:
         t0 = time.perf_counter()
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size, "rows": rows, "goal": "2 workers >= 1.7x one (steady rate)",
     }
     os.makedirs(OUT, exist_ok=True)
-    from pipeline.config import atomic_write_text
+    from pipeline.io import atomic_write_text
 
     atomic_write_text(os.path.join(OUT, "eval.json"), json.dumps(result, indent=2) + "\n")
     print(f"\nevaluation throughput, {args.sampler} K={args.steps}, N={args.num_samples}, one core per actor")

@@ -22,7 +22,7 @@ import numpy as np
 from pipeline import samplers, schedules
 from pipeline.models.mlp import MLPDenoiser
 from pipeline.models.unet import UNet
-from pipeline.samplers.baseline import coeffs
+from pipeline.samplers.chain import coeffs
 from pipeline.samplers.steps import ddim_step
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")

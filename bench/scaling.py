@@ -38,12 +38,15 @@ def main(argv=None) -> int:
     ensure_ray(num_cpus=cores)  # before jax is imported: Ray forks
     load0 = os.getloadavg()[0]
 
-    from pipeline import config, train
+    from pipeline import config
+    from pipeline.teacher import config as tconfig
+    from pipeline.teacher import train
+    from pipeline.io import atomic_write_text
     from pipeline.distributed.spmd import run_spmd
 
     rows = []
     for w in args.workers:
-        cfg = train.load_config(os.path.join(common.ROOT, "configs", "digits_teacher.yaml"), {
+        cfg = tconfig.load_config(os.path.join(common.ROOT, "configs", "digits_teacher.yaml"), {
             "train.steps": args.steps, "train.batch_size": args.per_worker_batch * w,
             "train.log_every": args.steps, "train.checkpoint_every": 10 ** 6, "train.warmup_steps": 1})
         with tempfile.TemporaryDirectory(prefix="scaling-") as run_dir:
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
               "steps": args.steps, "per_worker_batch": args.per_worker_batch, "pinned": not args.no_pin, "rows": rows,
               "goal": "2 workers >= 1.7x one worker's examples/s"}
     os.makedirs(common.OUT, exist_ok=True)
-    config.atomic_write_text(os.path.join(common.OUT, "scaling-unpinned.json" if args.no_pin else "scaling.json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(os.path.join(common.OUT, "scaling-unpinned.json" if args.no_pin else "scaling.json"), json.dumps(result, indent=2) + "\n")
     print(f"\nweak scaling, digits teacher, {args.per_worker_batch} examples per worker per step, one core per worker")
     print(f"{'workers':>7} {'batch':>6} {'examples/s':>11} {'speedup':>8} {'steps/s':>8} {'compile s':>10} {'job s':>7}")
     for r in rows:

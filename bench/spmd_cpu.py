@@ -54,13 +54,17 @@ def worker(rank: int, nproc: int, port: int, repeats: int) -> dict:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from pipeline import schedules, train
+    from pipeline import schedules
+    from pipeline.data import loading
+    from pipeline.models import build
+    from pipeline.teacher import config as tconfig
+    from pipeline.teacher import train
     from pipeline.distributed.context import make_mesh
     from pipeline.distributed.grads import example_keys
 
-    cfg = train.load_config(os.path.join(ROOT, "configs", "digits_teacher.yaml"))
-    images, labels = train.load_data(cfg.data, "train")
-    model, opt, sched = train.build_model(cfg.model, 10), train.make_optimizer(cfg.train), schedules.get(cfg.schedule)
+    cfg = tconfig.load_config(os.path.join(ROOT, "configs", "digits_teacher.yaml"))
+    images, labels = loading.load_data(cfg.data, "train")
+    model, opt, sched = build.build_model(cfg.model, 10), train.make_optimizer(cfg.train), schedules.get(cfg.schedule)
     mesh = make_mesh()
     rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     host = jax.device_get(train.init_state(model, opt, images.shape[1:], 0))

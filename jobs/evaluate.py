@@ -12,7 +12,7 @@ import sys
 def load_config(path, overrides: dict | None = None):
     """The job's config from YAML (safe loader), validated."""
     from pipeline import config
-    from pipeline.evaluate import EvaluateConfig
+    from pipeline.app.evaluate_job import EvaluateConfig
 
     return config.load(EvaluateConfig, path, overrides)
 
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     path, overrides = parse_job_args(argv, __doc__.splitlines()[0], "configs/evaluate.yaml")
     cfg = load_config(path, overrides)
 
-    from pipeline.distributed.evaluation import run_evaluation
+    from pipeline.app.evaluate_job import run_evaluation
 
     row = run_evaluation(cfg)
     print(json.dumps(row, indent=2, sort_keys=True))

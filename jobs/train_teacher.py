@@ -14,13 +14,13 @@ import sys
 
 def load_config(path, overrides: dict | None = None):
     """The job's config from YAML, validated (`ddss submit` checks it before uploading)."""
-    from pipeline import train
+    from pipeline.teacher import config as tconfig
 
-    return train.load_config(path, overrides)
+    return tconfig.load_config(path, overrides)
 
 
 def main(argv=None) -> int:
-    from pipeline import cli
+    from pipeline.app import cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--workers" or a.startswith("--workers=") for a in argv):

@@ -10,6 +10,7 @@ Typed PRNG keys are not arrays orbax can store: save `jax.random.key_data(key)`.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -85,22 +86,51 @@ class Checkpointer:
     def restore(self, target, step: int | None = None):
         """Checkpoint `step` (default: the latest) read into the structure of `target`, a pytree
         of arrays or jax.ShapeDtypeStruct (with sharding) like the one that was saved."""
-        step = self.latest_step() if step is None else int(step)
-        if step is None:
-            raise UserError(f"no checkpoint in {self.directory}")
-        where = f"checkpoint step {step} in {self.directory}"
-        try:
-            stored = self._mngr.item_metadata(step)
-        except Exception as e:
-            raise UserError(f"{where} is unreadable (corrupt or not an orbax checkpoint): {_first_line(e)}") from None
-        stored = getattr(stored, "tree", stored)
-        if stored is None:
-            raise UserError(f"{where} is unreadable (corrupt or not an orbax checkpoint): no metadata")
-        _check_compatible(stored, target, where)
-        try:
-            return self._mngr.restore(step, args=ocp.args.StandardRestore(target))
-        except Exception as e:
-            raise UserError(f"{where} is unreadable (corrupt): {_first_line(e)}") from None
+        return _restore(self._mngr, self.directory, target, step, ocp.args.StandardRestore(target), subset=False)
+
+
+def read_subtree(directory, target, step: int | None = None):
+    """The entries of `target` (a sub-pytree of what was saved, e.g. {"ema": ..., "step": ...})
+    read from checkpoint `step` (default: the latest) of `directory`, which is only read: no
+    directory is created, cleaned or written."""
+    directory = os.fspath(directory)
+    directory = directory if _is_url(directory) else os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only
+    try:
+        mngr = ocp.CheckpointManager(directory, options=options, item_handlers=ocp.PyTreeCheckpointHandler())
+    except Exception as e:
+        raise UserError(f"cannot open checkpoint directory {directory}: {_first_line(e)}") from None
+    finally:
+        absl.setLevel(level)
+    try:
+        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        return _restore(mngr, directory, target, step, args, subset=True)
+    finally:
+        mngr.close()
+
+
+def _restore(mngr, directory: str, target, step, args, subset: bool):
+    """Checkpoint `step` (default: the latest) of `mngr`, checked against `target` first."""
+    step = mngr.latest_step() if step is None else int(step)
+    if step is None:
+        raise UserError(f"no checkpoint in {directory}")
+    where = f"checkpoint step {step} in {directory}"
+    try:
+        stored = mngr.item_metadata(step)
+    except Exception as e:
+        raise UserError(f"{where} is unreadable (corrupt or not an orbax checkpoint): {_first_line(e)}") from None
+    stored = getattr(stored, "tree", stored)
+    if stored is None:
+        raise UserError(f"{where} is unreadable (corrupt or not an orbax checkpoint): no metadata")
+    _check_compatible(stored, target, where, subset)
+    try:
+        return mngr.restore(step, args=args)
+    except Exception as e:
+        raise UserError(f"{where} is unreadable (corrupt): {_first_line(e)}") from None
 
 
 def _leaves_by_path(tree) -> dict[str, object]:
@@ -121,11 +151,12 @@ def _key_name(k) -> str:
     return str(k)
 
 
-def _check_compatible(stored, target, where: str):
-    """A UserError naming the first entry whose presence, shape or dtype differs."""
+def _check_compatible(stored, target, where: str, subset: bool = False):
+    """A UserError naming the first entry whose presence, shape or dtype differs (subset: the
+    stored tree may hold more entries than the target)."""
     have, want = _leaves_by_path(stored), _leaves_by_path(target)
     missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
+    extra = [] if subset else sorted(set(have) - set(want))
     if missing or extra:
         what = f"lacks {missing[0]!r}" if missing else f"has unexpected entry {extra[0]!r}"
         raise UserError(f"{where} is incompatible with this run (written by another model or config): it {what}")

@@ -2,14 +2,14 @@
 
 `load(cls, path_or_dict, overrides)` rejects unknown keys, wrong types and (through the
 dataclass's `validate()` method, if it has one) impossible values, each with one
-UserError line naming the key.
+UserError line naming the key. `parse_sets` reads the --set KEY=VALUE overrides of every
+command and job; `check_resume` says what a resumed run may change.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import os
-import tempfile
 import types
 import typing
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.io import atomic_write_text
 
 
 PATH = {"path": "path"}  # field metadata: a local path, made absolute at load
@@ -157,23 +158,53 @@ def check(cond: bool, key: str, message: str):
         raise UserError(f"config key {key!r}: {message}")
 
 
-def atomic_write_text(path, text: str):
-    """Write a file by writing a temporary sibling then renaming it over the target."""
-    path = os.fspath(path)
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def dump_yaml(obj, path):
     """Write a config (dataclass or dict) as YAML, atomically."""
     data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def parse_sets(items) -> dict:
+    """--set KEY=VALUE items to dotted overrides ({"train.steps": 500}), values read as YAML."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set needs key=value, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+    return out
+
+
+class _Absent:
+    def __repr__(self):
+        return "nothing"
+
+
+_ABSENT = _Absent()
+
+
+def check_resume(stored: dict, given: dict, may_change: tuple[str, ...] = (), where: str = "the run",
+                 hint: str = ""):
+    """Refuse to resume `where` (stored config) with `given` if they differ in a dotted key that
+    does not start with one of `may_change`: a UserError naming the first such key (sorted) and
+    both values, then "only ... may change" (or `hint`, if given)."""
+    old, new = _flat(stored), _flat(given)
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if a != b and not key.startswith(tuple(may_change)):
+            tail = hint or (f"only {', '.join(may_change)} may change" if may_change else "nothing may change")
+            raise UserError(f"cannot resume {where} with a different {key!r} ({a!r} in the run, {b!r} given); {tail}")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested dict as {"a.b.c": leaf}; an empty dict is a leaf."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

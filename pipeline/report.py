@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from pipeline.config import atomic_write_text
+from pipeline.io import atomic_savefig, atomic_write_text
 
 
 def _pyplot():
@@ -16,12 +16,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _atomic_savefig(fig, path):
-    tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-" + os.path.basename(path))
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
 
 
 def save_grid(images, path, ncol: int | None = None, title: str | None = None):
@@ -42,8 +36,7 @@ def save_grid(images, path, ncol: int | None = None, title: str | None = None):
     ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=8)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    _atomic_savefig(fig, path)
+    atomic_savefig(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -85,8 +78,7 @@ def frontier_plot(rows: list[dict], path, metric: str = "fd", title: str = "FD v
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    _atomic_savefig(fig, path)
+    atomic_savefig(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

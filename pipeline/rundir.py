@@ -21,6 +21,7 @@ import time
 
 from pipeline import config as cfg
 from pipeline.errors import UserError
+from pipeline.io import atomic_write_json
 
 CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
@@ -62,6 +63,17 @@ def prepare(run_dir=None, *, resume: bool = False, root="runs", prefix: str = ""
     return path
 
 
+def require_run_dir(path, what: str = "teacher") -> str:
+    """The absolute path of an existing run directory (one holding config.yaml), else a one-line
+    UserError naming `path` as given."""
+    full = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(full):
+        raise UserError(f"{what} run directory not found: {path}")
+    if not os.path.isfile(os.path.join(full, CONFIG)):
+        raise UserError(f"{path} is not a {what} run directory (no {CONFIG})")
+    return full
+
+
 def checkpoint_dir(run_dir) -> str:
     return os.path.join(os.fspath(run_dir), CHECKPOINTS)
 
@@ -83,21 +95,6 @@ def append_metrics(run_dir, record: dict):
         f.write(line)
 
 
-def read_metrics(run_dir) -> list[dict]:
-    """The records of RUN_DIR/metrics.jsonl; a torn last line (killed writer) is skipped."""
-    path = os.path.join(os.fspath(run_dir), METRICS)
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def read_results(run_dir) -> dict:
     path = os.path.join(os.fspath(run_dir), RESULTS)
     if not os.path.exists(path):
@@ -115,7 +112,7 @@ def update_results(run_dir, updates: dict) -> dict:
     run_dir = os.fspath(run_dir)
     with _locked(os.path.join(run_dir, ".results.lock")):
         merged = _merge(read_results(run_dir), _jsonable(updates))
-        cfg.atomic_write_text(os.path.join(run_dir, RESULTS), json.dumps(merged, indent=2, sort_keys=True) + "\n")
+        atomic_write_json(os.path.join(run_dir, RESULTS), merged)
     return merged
 
 

@@ -31,9 +31,6 @@ class Schedule:
         """sigma(t) = sqrt(sigmoid(-logsnr(t)))."""
         return jnp.sqrt(jax_sigmoid(-self.logsnr(t)))
 
-    def alpha_sigma(self, t):
-        return self.alpha(t), self.sigma(t)
-
     def __hash__(self):  # schedules are static arguments of jitted samplers
         return hash(self.name)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # pipeline is not installed in the tfgan venv
 
-from pipeline.distributed.tfgan_worker import tfgan_kid_fid  # noqa: E402  (numpy + tensorflow only)
+from pipeline.distributed.tfgan.worker import tfgan_kid_fid  # noqa: E402  (numpy + tensorflow only)
+from pipeline.io import atomic_write_text  # noqa: E402  (standard library only)
 
 DATA = ROOT / "tests" / "data" / "tfgan"
 SEED = 20240611
@@ -71,10 +71,7 @@ def main(argv=None) -> int:
         args.data.mkdir(parents=True, exist_ok=True)
         generate(args.data)
     out = args.out or args.data / "reference.json"
-    text = json.dumps(references(args.data), indent=1) + "\n"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(references(args.data), indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -3,6 +3,8 @@ import warnings
 
 import pytest
 
+pytest_plugins = ["cli_fixtures"]  # the `ddss` command tests' teachers, search and .npz files
+
 
 @pytest.fixture(scope="session")
 def local_ray():
@@ -18,3 +20,43 @@ def local_ray():
         ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def small():
+    """Two small float64 feature sets, x [37, 6] and y [29, 6] (tests/test_metrics_*.py)."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(37, 6))
+    y = 0.8 * rng.normal(size=(29, 6)) + 0.3
+    return x, y
+
+
+# Guided distillation (tests/test_distill_*.py): trained once per session; builders in distill_fixtures.py.
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory):
+    """A tiny digits teacher (U-Net ch=8) trained for 80 steps in this process."""
+    from distill_fixtures import train_tiny_teacher
+
+    return train_tiny_teacher(str(tmp_path_factory.mktemp("teacher")))
+
+
+@pytest.fixture(scope="session")
+def stage1_root(tiny_teacher_dir, tmp_path_factory):
+    """Round 0 of a 4-step schedule, run in this process (no Ray). Tests only read it."""
+    from distill_fixtures import run_stage1
+
+    root = tmp_path_factory.mktemp("distill")
+    run_stage1(tiny_teacher_dir, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def until_2(tiny_teacher_dir, stage1_root, tmp_path_factory):
+    """(cfg, root, records): round 1 run by run_until(cfg, 2) in a copy of stage1_root."""
+    from distill_fixtures import run_until_2
+
+    return run_until_2(tiny_teacher_dir, stage1_root, tmp_path_factory.mktemp("distill-until-2"))

@@ -1,4 +1,7 @@
 """Checks several test files share (imported as `helpers`: pytest puts tests/ on sys.path)."""
+import json
+import os
+
 import jax
 
 
@@ -19,7 +22,7 @@ def model_calls(name, eps_fn, sched, x_T, K, **kw) -> int:
 
 def one_line_exit_2(argv, capsys, *needles) -> str:
     """cli.main(argv) exits 2 with one line on stderr (no traceback) holding every needle."""
-    from pipeline import cli
+    from pipeline.app import cli
 
     rc = cli.main(argv)
     err = capsys.readouterr().err.strip()
@@ -28,3 +31,35 @@ def one_line_exit_2(argv, capsys, *needles) -> str:
     for n in needles:
         assert n in err, err
     return err
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The records of RUN_DIR/metrics.jsonl; a torn last line (killed writer) is skipped."""
+    from pipeline import rundir
+
+    path = os.path.join(os.fspath(run_dir), rundir.METRICS)
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def perturb(params, seed, skip=()):
+    """Random non-zero parameters (zero-initialised layers would make every output 0), except in the
+    submodules named in skip. NumPy draws: no per-shape XLA compiles."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, a):
+        if {getattr(p, "key", None) for p in path} & set(skip):
+            return a
+        return a + 0.1 * rng.standard_normal(a.shape).astype(a.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, params)

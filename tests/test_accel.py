@@ -12,7 +12,7 @@ from helpers import model_calls
 from pipeline import samplers, schedules
 from pipeline.models.analytic import GaussianMixture
 from pipeline.samplers.accel import accel_ddim_coeff, accel_ddim_step, accel_ddpm_perturb, accel_ddpm_step
-from pipeline.samplers.core import split_noise
+from pipeline.samplers.chain import split_noise
 from pipeline.samplers.steps import ddim_step
 
 MEANS = np.array([[1.5, -0.5], [-1.0, 1.0]])

@@ -11,7 +11,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from pipeline import cli, ddss, rundir, train
+from pipeline import ddss, rundir
+
+from pipeline.app import cli
+from pipeline.teacher import model as tmodel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "byo_tiny_denoiser"
@@ -65,7 +68,7 @@ def test_own_model_trains_searches_and_evaluates_through_the_cli(package, tmp_pa
         argv += ["--set", f"{k}={v}"]
     assert cli.main(argv) == 0, capsys.readouterr().err[-2000:]
     capsys.readouterr()
-    t = train.load_teacher(teacher)
+    t = tmodel.load_teacher(teacher)
     assert type(t.model).__module__ == f"{PACKAGE}.models" and t.step == 60
 
     argv = ["search", "--teacher", str(teacher), "--steps", "2", "--workers", "0", "--train-steps", "2",
@@ -81,7 +84,7 @@ def test_own_model_trains_searches_and_evaluates_through_the_cli(package, tmp_pa
     # Ray's actors import the model from PYTHONPATH, as a user's would: a fresh `ddss` process
     # with its own local Ray.
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([package, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "pipeline.cli", "evaluate", "--teacher", str(teacher), "--sampler",
+    cmd = [sys.executable, "-m", "pipeline.app.cli", "evaluate", "--teacher", str(teacher), "--sampler",
            f"ggdm:{found['artefact']}", "--steps", "2", "--num-samples", "32", "--batch-size", "16", "--workers", "1"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

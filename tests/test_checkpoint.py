@@ -1,16 +1,11 @@
-"""Orbax checkpoints and run directories: round trips, corrupt and incompatible checkpoints,
-the never-overwrite rules."""
-import json
-import os
-import threading
-
+"""Orbax checkpoints: round trips, corrupt and incompatible checkpoints, the never-overwrite rules."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from pipeline import checkpoint, rundir
+from pipeline import checkpoint
 from pipeline.errors import UserError
 
 
@@ -89,38 +84,3 @@ def test_corrupt_checkpoint_is_one_line_and_not_overwritten(tmp_path):
     (step_dir / "default" / "_METADATA").write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):
         checkpoint.Checkpointer(tmp_path / "ck").restore(_state())
-
-
-def test_rundir_new_ids_are_unique_and_never_reuse_a_dir(tmp_path):
-    made = []
-    threads = [threading.Thread(target=lambda: made.append(rundir.prepare(root=tmp_path, prefix="t"))) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(set(made)) == 16 and all(os.path.isdir(p) for p in made)
-
-    d = tmp_path / "named"
-    assert rundir.prepare(d) == str(d)  # new, empty: fine
-    rundir.write_config(d, {"a": 1})
-    with pytest.raises(UserError, match="not empty; pass --resume"):
-        rundir.prepare(d)
-    assert rundir.read_config(d) == {"a": 1}  # untouched
-    assert rundir.prepare(d, resume=True) == str(d)
-    with pytest.raises(UserError, match="no config.yaml"):
-        rundir.prepare(tmp_path / "missing", resume=True)
-    with pytest.raises(UserError, match="--resume needs --run-dir"):
-        rundir.prepare(None, resume=True, root=tmp_path)
-
-
-def test_results_merge_and_metrics_append(tmp_path):
-    rundir.update_results(tmp_path, {"teacher": {"fd": 1.5}, "steps": 3})
-    merged = rundir.update_results(tmp_path, {"teacher": {"time_s": np.float32(2.0)}, "bad": float("nan")})
-    assert merged == {"teacher": {"fd": 1.5, "time_s": 2.0}, "steps": 3, "bad": None}
-    assert json.loads((tmp_path / "results.json").read_text()) == merged
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
-
-    rundir.append_metrics(tmp_path, {"step": 1, "loss": np.float32(0.5)})
-    with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"step": 2, "lo')  # a writer killed mid-line
-    assert rundir.read_metrics(tmp_path) == [{"step": 1, "loss": 0.5}]

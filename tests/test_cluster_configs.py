@@ -77,12 +77,39 @@ def test_job_commands_name_existing_jobs_and_valid_configs():
         module.load_config(str(ROOT / config_path), overrides)  # raises UserError if invalid
 
 
+# Every job in jobs/ with its config (configs/NAME), the --set overrides a run must give
+# (the keys the file leaves empty on purpose) and the class its own load_config returns.
+JOB_CONFIGS = {
+    "ddss_search": ("ddss_search.yaml", {}, "SearchConfig"),
+    "distill_round": ("distill.yaml", {"distill.teacher": "runs/teacher-digits"}, "JobConfig"),
+    "evaluate": ("evaluate.yaml", {}, "EvaluateConfig"),
+    "tiny": ("tiny.yaml", {}, "TinyConfig"),
+    "train_teacher": ("digits_teacher.yaml", {}, "TeacherConfig"),
+}
+# Jobs that take no config file: job name -> why.
+JOBS_WITHOUT_CONFIG: dict[str, str] = {}
+
+
 def test_every_job_config_in_configs_validates():
-    for job in jobs_client.job_names():
+    jobs = set(jobs_client.job_names())
+    assert jobs, "no jobs in jobs/"
+    listed = set(JOB_CONFIGS) | set(JOBS_WITHOUT_CONFIG)
+    assert not set(JOB_CONFIGS) & set(JOBS_WITHOUT_CONFIG), "a job is listed both with and without a config"
+    assert jobs <= listed, f"jobs with no entry in JOB_CONFIGS or JOBS_WITHOUT_CONFIG: {sorted(jobs - listed)}"
+    assert listed <= jobs, f"listed jobs missing from jobs/: {sorted(listed - jobs)}"
+    assert all(JOBS_WITHOUT_CONFIG.values()), "every job without a config needs a reason"
+    for job, (name, overrides, config_class) in JOB_CONFIGS.items():
+        path = ROOT / "configs" / name
+        assert path.is_file(), f"jobs/{job}.py: no configs/{name}"
         module = jobs_client.import_job(job)
-        path = ROOT / "configs" / f"{job}.yaml"
-        if hasattr(module, "load_config") and path.is_file():
-            module.load_config(str(path))
+        assert hasattr(module, "load_config"), f"jobs/{job}.py has no load_config(path, overrides)"
+        cfg = module.load_config(str(path), dict(overrides))  # raises UserError if invalid
+        assert type(cfg).__name__ == config_class, f"jobs/{job}.py loads configs/{name} as {type(cfg).__name__}"
+    for job in JOBS_WITHOUT_CONFIG:
+        assert not hasattr(jobs_client.import_job(job), "load_config"), f"jobs/{job}.py has a load_config"
+    checked = {name for name, _, _ in JOB_CONFIGS.values()}
+    present = {p.name for p in (ROOT / "configs").glob("*.yaml")}
+    assert present <= checked, f"configs/*.yaml that no job validates: {sorted(present - checked)}"
 
 
 def test_rayjobs_have_an_entrypoint_and_clusters_match_this_ray():

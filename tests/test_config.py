@@ -1,6 +1,5 @@
 """Config validation at the edge: unknown keys, wrong types, impossible values, one line each."""
 import dataclasses
-import os
 
 import pytest
 
@@ -64,27 +63,49 @@ def test_yaml_errors(tmp_path):
         config.load_yaml(unsafe)
 
 
-def test_atomic_write_replaces_whole_file(tmp_path):
-    p = tmp_path / "sub" / "f.txt"
-    config.atomic_write_text(p, "one")
-    config.atomic_write_text(p, "two")
-    assert p.read_text() == "two"
-    assert os.listdir(p.parent) == ["f.txt"]
+def test_parse_sets_reads_values_as_yaml():
+    assert config.parse_sets(None) == {}
+    sets = config.parse_sets(["train.steps=500", "name=y", "widths=[4, 5]", "seed=null", "lr=0.5", "s=a=b"])
+    assert sets == {"train.steps": 500, "name": "y", "widths": [4, 5], "seed": None, "lr": 0.5, "s": "a=b"}
+    job = config.load(Job, {}, config.parse_sets(["optim.steps=3", "widths=[4]"]))
+    assert job == Job(widths=(4,), optim=Optim(steps=3))
 
 
-def test_paths_are_made_absolute_at_the_edge(tmp_path, monkeypatch):
-    """Ray workers and actors run in another cwd: the configs that name local paths resolve them
-    against the caller's cwd when loaded; URLs and the sampler's name are left alone."""
-    from pipeline import ddss
-    from pipeline.distill import config as dconfig
-    from pipeline.evaluate import EvaluateConfig
+@pytest.mark.parametrize("item, needle", [("steps", "--set needs key=value, got 'steps'"),
+                                          ("=3", "--set needs key=value, got '=3'"),
+                                          ("a=[1, 2", "--set 'a=[1, 2': the value is not valid YAML")])
+def test_parse_sets_errors_are_one_line(item, needle):
+    with pytest.raises(UserError) as e:
+        config.parse_sets(["ok=1", item])
+    assert str(e.value) == needle
 
-    monkeypatch.chdir(tmp_path)
-    ev = config.load(EvaluateConfig, {"teacher": "runs/t", "sampler": "ggdm:arts/k5", "cache_dir": "gs://b/cache"})
-    assert ev.teacher == str(tmp_path / "runs" / "t") and ev.sampler == f"ggdm:{tmp_path / 'arts' / 'k5'}"
-    assert ev.cache_dir == "gs://b/cache" and ev.results_dir is None
-    assert config.load(EvaluateConfig, {"teacher": "t"}).cache_dir == str(tmp_path / ".cache")  # defaults too
-    assert config.load(EvaluateConfig, {"teacher": "t", "sampler": "ddim"}).sampler == "ddim"
-    assert ddss.load_config(None, {"teacher": "t", "run_dir": "r"}).run_dir == str(tmp_path / "r")
-    d = dconfig.load({"teacher": "../t", "dir": "~/d"})
-    assert d.teacher == os.path.normpath(str(tmp_path / ".." / "t")) and d.dir == os.path.expanduser("~/d")
+
+STORED = {"model": {"ch": 32, "mult": [1, 2]}, "train": {"steps": 10, "lr": 0.1}, "sample": {"n": 4}, "seed": 0}
+
+
+def test_check_resume_lets_allowed_keys_change():
+    given = {**STORED, "train": {"steps": 20, "lr": 0.1}, "sample": {"n": 8}}
+    config.check_resume(STORED, given, ("train.steps", "sample."), "runs/t")
+    config.check_resume(STORED, STORED, (), "runs/t")
+
+
+@pytest.mark.parametrize("given, key, values", [
+    ({**STORED, "model": {"ch": 16, "mult": [1, 2]}}, "model.ch", "(32 in the run, 16 given)"),
+    ({**STORED, "model": {"ch": 32, "mult": [1, 3]}}, "model.mult", "([1, 2] in the run, [1, 3] given)"),
+    ({**STORED, "train": {"steps": 20, "lr": 0.2}}, "train.lr", "(0.1 in the run, 0.2 given)"),
+    ({**STORED, "extra": 1}, "extra", "(nothing in the run, 1 given)"),
+    ({**STORED, "extra": None}, "extra", "(nothing in the run, None given)"),
+])
+def test_check_resume_names_the_first_forbidden_change(given, key, values):
+    with pytest.raises(UserError) as e:
+        config.check_resume(STORED, given, ("train.steps", "sample."), "runs/t")
+    assert str(e.value) == (f"cannot resume runs/t with a different {key!r} {values}; "
+                            "only train.steps, sample. may change")
+
+
+def test_check_resume_first_key_in_order_and_hint():
+    given = {**STORED, "seed": 1, "model": {"ch": 16, "mult": [1, 2]}}
+    with pytest.raises(UserError, match=r"^cannot resume d with a different 'model.ch' .*; nothing may change$"):
+        config.check_resume(STORED, given, (), "d")
+    with pytest.raises(UserError, match=r"'model.ch' \(32 in the run, 16 given\); pass --dir$"):
+        config.check_resume(STORED, given, (), "d", hint="pass --dir")

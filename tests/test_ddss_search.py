@@ -25,7 +25,7 @@ SEARCH = {"gmm": "ring2d", "steps": 4, "batch_size": 64, "train_steps": 200, "ev
 
 
 def _cli(run_dir, *extra, wait=True):
-    cmd = [sys.executable, "-m", "pipeline.cli", "search", "--gmm", "ring2d", "--steps", "4", "--workers", "0",
+    cmd = [sys.executable, "-m", "pipeline.app.cli", "search", "--gmm", "ring2d", "--steps", "4", "--workers", "0",
            "--train-steps", str(SEARCH["train_steps"]), "--batch-size", "64", "--learning-rate", "0.01",
            "--config", os.path.join(os.path.dirname(run_dir), "search.yaml"), "--run-dir", str(run_dir), *extra]
     # The three runs compile the same programs: JAX's persistent cache compiles them once.

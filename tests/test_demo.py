@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pipeline import cli
+from pipeline.app import cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # The stages of the demo and a method of each that its table must hold.
@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo") / "run"
     cache = tmp_path_factory.mktemp("cache")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "demo", "--quick", "--run-dir", str(run_dir), "--cache-dir", str(cache)],
+        [sys.executable, "-m", "pipeline.app.cli", "demo", "--quick", "--run-dir", str(run_dir), "--cache-dir", str(cache)],
         capture_output=True, text=True, timeout=600, env=dict(os.environ, RAY_ADDRESS=""),
     )
     return {"proc": proc, "run_dir": run_dir}
@@ -102,3 +102,26 @@ def test_non_empty_run_dir_is_refused_and_left_alone(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not empty" in err
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()} == before
     assert not (tmp_path / "cache").exists()
+
+
+def test_cached_teacher_reuses_resumes_or_trains(tmp_path, monkeypatch, capsys):
+    """One teacher cache (pipeline.teacher.train.reuse_or_train) behind the demo's cached_teacher:
+    a new config is trained, an interrupted run (config.yaml only) resumed, a finished one reused."""
+    from pipeline import rundir
+    from pipeline.app import demo as app_demo
+    from pipeline.teacher import train
+
+    calls = []
+    monkeypatch.setattr(train, "train_teacher", lambda cfg=None, **kw: calls.append((cfg, kw)))
+    cfg = app_demo.teacher_config(app_demo.QUICK, str(tmp_path))
+    path = app_demo.cached_teacher(cfg, str(tmp_path))
+    assert os.path.basename(path).startswith("teacher-digits-") and os.path.dirname(path) == str(tmp_path)
+    assert calls == [(cfg, {"run_dir": path})] and capsys.readouterr().out == ""
+    os.makedirs(path)
+    rundir.write_config(path, cfg)
+    assert app_demo.cached_teacher(cfg, str(tmp_path)) == path
+    assert calls[1] == (None, {"run_dir": path, "resume": True})
+    assert capsys.readouterr().out == f"  continuing the interrupted training in {path}\n"
+    rundir.update_results(path, {"teacher": {"trained_steps": 150}})
+    assert app_demo.cached_teacher(cfg, str(tmp_path)) == path
+    assert len(calls) == 2 and capsys.readouterr().out == f"  reusing {path}\n"

@@ -16,13 +16,18 @@ import jax
 import numpy as np
 import pytest
 
-from pipeline import checkpoint, config, ddss, rundir, train
+from helpers import read_metrics
+from pipeline import checkpoint, config, ddss, rundir
+from pipeline.teacher import config as tconfig
+from pipeline.teacher import model as tmodel
+from pipeline.teacher import train
 from pipeline.ddss import artefact
 from pipeline.ddss.problem import build_problem
 from pipeline.ddss.search import init_state, search_loop
 from pipeline.distill import config as dconfig
 from pipeline.distill import rounds
-from pipeline.distill.loop import load_student_params, round_loop
+from pipeline.distill.loop import round_loop
+from pipeline.distill.student import load_student_params
 from pipeline.distributed.spmd import run_spmd
 
 pytestmark = pytest.mark.ray
@@ -145,7 +150,7 @@ def test_search_worker_killed_resumes_to_the_uninterrupted_parameters(search_uni
     assert (whole["processes"], whole["devices"], whole["resumed_from"]) == (2, 2, 0)
     killed = _run_killing_worker_1(lambda: _search(tmp_path, cache_dir, PAUSE_AT), tmp_path)
     assert (killed["processes"], killed["resumed_from"]) == (2, PAUSE_AT)  # a new group, from checkpoint 2
-    steps = [m["step"] for m in rundir.read_metrics(tmp_path) if "loss" in m]
+    steps = [m["step"] for m in read_metrics(tmp_path) if "loss" in m]
     assert steps == list(range(1, SEARCH["train_steps"] + 1))  # every step once: none lost, none repeated
     # params, Adam state, step, key, best params/score: the whole final state, bit for bit
     _assert_trees_equal(_search_state(whole_dir), _search_state(tmp_path))
@@ -162,7 +167,7 @@ def test_search_worker_killed_resumes_to_the_uninterrupted_parameters(search_uni
 def teacher_dir(tmp_path_factory):
     """A tiny digits teacher (U-Net ch=8); 2 training steps: only its being a teacher matters."""
     d = str(tmp_path_factory.mktemp("teacher"))
-    cfg = train.load_config({"model": {"kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}},
+    cfg = tconfig.load_config({"model": {"kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}},
                              "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "log_every": 2},
                              "sample": {"fd_samples": 0}})
     rundir.write_config(d, cfg)
@@ -194,9 +199,9 @@ def test_distill_round_worker_killed_resumes_to_the_uninterrupted_parameters(by_
     killed_dir, killed = _round0(teacher_dir, tmp_path / "killed", cache_dir, PAUSE_AT)
     assert (killed["processes"], killed["resumed_from"]) == (2, PAUSE_AT)
     assert rundir.read_results(killed_dir)["finished"] is True
-    steps = [m["step"] for m in rundir.read_metrics(killed_dir)]
+    steps = [m["step"] for m in read_metrics(killed_dir)]
     assert steps == list(range(DISTILL["log_every"], DISTILL["stage1"]["train_steps"] + 1, DISTILL["log_every"]))
-    like = train.load_teacher(teacher_dir).params
+    like = tmodel.load_teacher(teacher_dir).params
     whole_params, killed_params = _round_state(tmp_path / "whole", like), _round_state(tmp_path / "killed", like)
     _assert_trees_equal(whole_params, killed_params)
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(whole_params), jax.tree.leaves(like)))  # it trained

@@ -1,16 +1,19 @@
 """Bring your own data: a teacher trained on the user's .npz files (data.name npz) is evaluated
 in flattened-pixel features against the held-out .npz and searched by DDSS, all through the
-command line; bad data fails with one line, exit 2, before any run directory is written."""
+command line; bad data fails with one line, exit 2, before any run directory is written
+(npz_files: tests/cli_fixtures.py)."""
 import json
 import math
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits as sk_load_digits
 
 from helpers import one_line_exit_2
-from pipeline import cli, ddss, rundir, train
-from pipeline.errors import UserError
+from pipeline import ddss, rundir
+from pipeline.app import cli
+from pipeline.data import loading
+from pipeline.teacher import config as tconfig
+from pipeline.teacher import model as tmodel
 
 TINY = {"model.kwargs": "{ch: 8, ch_mult: [1], num_res_blocks: 1}", "train.steps": 30, "train.batch_size": 32,
         "train.checkpoint_every": 30, "train.log_every": 10, "sample.steps": 4, "sample.per_class": 1,
@@ -19,18 +22,6 @@ TINY = {"model.kwargs": "{ch: 8, ch_mult: [1], num_res_blocks: 1}", "train.steps
 
 def _sets(d: dict) -> list:
     return [a for k, v in d.items() for a in ("--set", f"{k}={v}")]
-
-
-@pytest.fixture(scope="module")
-def npz_files(tmp_path_factory):
-    """train.npz (300 images) and test.npz (120 images): sklearn's 8x8 digits as uint8 [N, 8, 8, 1]
-    in [0, 255] with integer labels, as a user would save their own data."""
-    d = sk_load_digits()
-    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    where = tmp_path_factory.mktemp("npz")
-    np.savez(where / "train.npz", images=images[:300], labels=d.target[:300])
-    np.savez(where / "test.npz", images=images[300:420], labels=d.target[300:420])
-    return where / "train.npz", where / "test.npz"
 
 
 @pytest.fixture(scope="module")
@@ -54,37 +45,13 @@ def _frechet_float64(a, b) -> float:
     return float(diff @ diff + np.trace(sa) + np.trace(sb) - 2.0 * np.sqrt(np.clip(eig.real, 0.0, None)).sum())
 
 
-def test_npz_splits_and_unconditional_data(npz_files, tmp_path):
-    train_npz, test_npz = npz_files
-    cfg = train.load_config(None, {"data.name": "npz", "data.path": str(train_npz)})
-    assert cfg.data.test_path == "" and cfg.data.key == "images" and cfg.data.labels_key == "labels"
-    x, y = train.load_data(cfg.data, "train")
-    assert x.shape == (300, 8, 8, 1) and x.dtype == np.float32 and y.dtype == np.int32
-    assert x.min() == -1.0 and x.max() == 1.0
-    x_test, _ = train.load_data(cfg.data, "test")  # no test_path: the training file
-    np.testing.assert_array_equal(x_test, x)
-    with_test = train.load_config(None, {"data.name": "npz", "data.path": str(train_npz), "data.test_path": str(test_npz)})
-    assert train.load_data(with_test.data, "test")[0].shape == (120, 8, 8, 1)
-
-    unconditional = train.load_config(None, {"data.name": "npz", "data.path": str(train_npz), "data.labels_key": ""})
-    _, y = train.load_data(unconditional.data, "train")
-    assert y.dtype == np.int32 and not y.any()  # every label 0: one class, null class 1
-    assert train.build_model(unconditional.model, int(y.max()) + 1).num_classes == 1
-
-    with pytest.raises(UserError, match="data.path"):  # a .npz setting with digits would be ignored
-        train.load_config(None, {"data.path": str(train_npz)})
-    with pytest.raises(UserError, match="'data.test_path'"):
-        train.load_data(train.load_config(None, {"data.name": "npz", "data.path": str(train_npz),
-                                                 "data.test_path": str(tmp_path / "no.npz")}).data, "test")
-
-
 @pytest.mark.ray
 def test_npz_teacher_evaluates_in_pixels_and_searches(teacher, npz_files, tmp_path, capsys, local_ray):
     _, test_npz = npz_files
     capsys.readouterr()
-    t = train.load_teacher(teacher)
+    t = tmodel.load_teacher(teacher)
     assert t.step == 30 and t.data_shape == (8, 8, 1) and t.num_classes == 10
-    assert train.load_config(rundir.read_config(teacher)).data.test_path == str(test_npz)
+    assert tconfig.load_config(rundir.read_config(teacher)).data.test_path == str(test_npz)
     check = rundir.read_results(teacher)["teacher"]  # the end-of-training FD, in pixels against test.npz
     assert math.isfinite(check["fd_test"]) and check["fd_reference"] == "npz test split, 120 images, pixels features"
 
@@ -100,7 +67,8 @@ def test_npz_teacher_evaluates_in_pixels_and_searches(teacher, npz_files, tmp_pa
     # Evaluator's raw samples (what the actor scored), and `ddss sample` with the same flags,
     # which writes them clipped to [-1, 1] (DDIM's last step can overshoot the data range a little).
     from pipeline import config
-    from pipeline.evaluate import EvaluateConfig, Evaluator, eval_spec, teacher_problem
+    from pipeline.app.evaluate_job import EvaluateConfig, eval_spec
+    from pipeline.evaluation import Evaluator, teacher_problem
 
     for inception, label, shape in ((False, "pixels", (120, 64)), (True, "inception", (120, 8, 8, 1))):
         problem = teacher_problem(teacher, inception=inception)  # with Inception: the images, for the driver
@@ -111,7 +79,7 @@ def test_npz_teacher_evaluates_in_pixels_and_searches(teacher, npz_files, tmp_pa
                                                   "num_samples": 40, "batch_size": 20}))
     ev = Evaluator(spec)
     raw = np.concatenate([ev.samples(b)[0] for b in range(spec.num_blocks)])
-    test_x, _ = train.load_data(t.config.data, "test")
+    test_x, _ = loading.load_data(t.config.data, "test")
     assert raw.shape == (40, 8, 8, 1) and test_x.shape == (120, 8, 8, 1)
     assert row["fd"] == pytest.approx(_frechet_float64(raw.reshape(40, -1), test_x.reshape(120, -1)), rel=1e-6)
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import rundir
+from helpers import read_metrics
 from pipeline.distributed.spmd import run_spmd
 from pipeline.errors import UserError
 
@@ -55,7 +55,8 @@ def toy_loop(ctx):
                 f.write(str(os.getpid()))
             time.sleep(120)  # killed here by the test
         idx = np.random.default_rng([cfg["seed"], s]).integers(0, N_DATA, B)
-        x, y = ctx.shard_rows(B, lambda r: (X[idx[r]], Y[idx[r]]))
+        r = ctx.local_rows(B)
+        x, y = (jax.make_array_from_process_local_data(ctx.data_sharding, a[idx[r]], (B,) + a.shape[1:]) for a in (X, Y))
         state, loss = step_fn(state, x, y)
         losses[s] = float(loss)
         ctx.report(s, loss=loss)
@@ -122,7 +123,7 @@ def test_two_workers_killed_one_restarted_match_one_worker(one_worker, tmp_path)
     r = out["r"]
     assert (r["process_count"], r["devices"]) == (2, 2)
     assert r["resumed_from"] == 3  # restarted from the checkpoint written after step 2
-    records = {m["step"]: m["loss"] for m in rundir.read_metrics(tmp_path)}  # both attempts
+    records = {m["step"]: m["loss"] for m in read_metrics(tmp_path)}  # both attempts
     assert sorted(records) == list(range(CFG["steps"]))
     np.testing.assert_allclose(
         [records[s] for s in range(CFG["steps"])], [one_worker["losses"][s] for s in range(CFG["steps"])], rtol=1e-5

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline import cli
+from pipeline.app import cli
 from pipeline.distributed import jobs_client
 
 pytestmark = pytest.mark.ray

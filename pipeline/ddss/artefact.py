@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.io import atomic_dir
 from pipeline.samplers import ggdm
 
 PARAMS = "params.npz"
@@ -26,24 +25,15 @@ def save_artefact(path, params, meta: dict) -> str:
     """Write the artefact directory `path` atomically (a temporary sibling renamed); an existing
     path is never overwritten (UserError)."""
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path):
-        raise UserError(f"sampler artefact {path} already exists; choose another path")
-    variant = ggdm.variant_of(params)
-    arrays = {k: np.asarray(v) for k, v in params.items()}
-    meta = {"format": FORMAT, "sampler": "ggdm", "variant": variant, "K": ggdm.num_steps(arrays), **meta}
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path))
-    try:
+    with atomic_dir(path, "sampler artefact") as tmp:
+        variant = ggdm.variant_of(params)
+        arrays = {k: np.asarray(v) for k, v in params.items()}
+        meta = {"format": FORMAT, "sampler": "ggdm", "variant": variant, "K": ggdm.num_steps(arrays), **meta}
         with open(os.path.join(tmp, PARAMS), "wb") as f:
             np.savez(f, **arrays)
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.write("\n")
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -92,3 +82,15 @@ def _check_params(path, params: dict):
 def load_ggdm(path) -> dict:
     """The GGDM parameters of an artefact, ready for samplers.sample("ggdm", ..., params=...)."""
     return load_artefact(path)["params"]
+
+
+def plan(path: str, model):
+    """The evaluation Plan of "ggdm:PATH": the artefact's parameters for `model`, checked against
+    its schedule and data shape; the guidance weight it was searched at is the default w."""
+    from pipeline.evaluation.evaluator import check_made_for
+    from pipeline.evaluation.spec import Plan
+
+    art = load_artefact(path)
+    meta = art["meta"]
+    check_made_for(f"DDSS sampler artefact {path}", model, schedule=meta.get("schedule"), data_shape=meta.get("data_shape"))
+    return Plan(kwargs={"params": art["params"]}, steps=ggdm.num_steps(art["params"]), w=meta.get("guidance"))

@@ -3,8 +3,8 @@
 Sample i of a batch depends only on (key, i): k_i = fold_in(key, i) gives x_T (from
 fold_in(k_i, 0)) and the chain's per-step noise (fold_in(k_i, 1)), drawn by the
 reparametrisation trick, so the samples are differentiable functions of the sampler's
-parameters; a class-conditional model gets the label i % num_classes (the conventions of
-pipeline.evaluate). The global batch is sharded over the mesh's "data" axis: every device
+parameters; a class-conditional model gets the label i % num_classes (the convention of
+pipeline.evaluation.spec). The global batch is sharded over the mesh's "data" axis: every device
 runs its slice of the chains, the features are all-gathered and the KID loss is computed on
 the global batch, so the gradient is the single-process one whatever the device count.
 """
@@ -19,14 +19,8 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from pipeline import metrics, samplers, schedules
-
-DATA = "data"
-
-
-def sample_keys(key, idx):
-    """(x_T key, chain-noise key) of each global sample index in idx [B]."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-    return jax.vmap(lambda k: (jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)))(keys)
+from pipeline.distributed.context import DATA
+from pipeline.evaluation.spec import sample_inputs
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -46,11 +40,8 @@ class Chain:
 
     def samples(self, params, key, idx, remat: str = "none"):
         """x_0 [B, ...] of the global sample indices idx [B]; remat: how backprop saves memory (ggdm.REMAT)."""
-        kx, kn = sample_keys(key, idx)
-        shape = tuple(self.model.data_shape)
-        x_T = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(kx)
         num_classes = int(getattr(self.model, "num_classes", 0) or 0)
-        y = (idx % num_classes).astype(jnp.int32) if num_classes else None
+        x_T, kn, y = sample_inputs(key, idx, self.model.data_shape, num_classes)
         K = int(np.shape(params["sigma"])[0])
         grid = jnp.asarray(schedules.time_grid(K, "linear"), jnp.float32)  # GGDM's times are in params
         x0, _ = samplers.run("ggdm", self.model.eps_fn(y, self.w), self.model.schedule, x_T, grid, key=kn,

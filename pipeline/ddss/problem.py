@@ -35,7 +35,7 @@ def _gmm_problem(cfg) -> SearchProblem:
 
     from pipeline import schedules
     from pipeline.data.gmm import gmm_preset
-    from pipeline.evaluate import AnalyticModel, pixel_features
+    from pipeline.evaluation import AnalyticModel, pixel_features
 
     mixture = gmm_preset(cfg.gmm)
     model = AnalyticModel(mixture, schedules.get("cosine"))
@@ -49,11 +49,12 @@ def _teacher_problem(cfg) -> SearchProblem:
     (digits) or flattened pixels (npz)."""
     import os
 
-    from pipeline import train
-    from pipeline.evaluate import data_features, features_in_batches
+    from pipeline.data import loading
+    from pipeline.teacher import model as tmodel
+    from pipeline.evaluation import data_features, features_in_batches
 
-    teacher = train.load_teacher(cfg.teacher)
-    images, _ = train.load_data(teacher.config.data, "train")
+    teacher = tmodel.load_teacher(cfg.teacher)
+    images, _ = loading.load_data(teacher.config.data, "train")
     feature_fn, label = data_features(teacher.config.data.name, cfg.cache_dir)
     reference = features_in_batches(feature_fn, images)
     return SearchProblem(teacher, feature_fn, reference.reshape(len(images), -1).astype(np.float32), {

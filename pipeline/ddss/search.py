@@ -175,10 +175,7 @@ def search(cfg: SearchConfig | None = None, *, run_dir=None, resume: bool = Fals
     if resume or (cfg is not None and cfg.resume):
         stored = config.load(SearchConfig, rundir.read_config(run_dir))
         if cfg is not None:
-            differ = [k for k, v in config.to_dict(cfg).items() if k not in INVOCATION and config.to_dict(stored)[k] != v]
-            if differ:
-                raise UserError(f"cannot resume {run_dir} with a different {differ[0]!r} "
-                                f"({config.to_dict(stored)[differ[0]]!r} in the run, {getattr(cfg, differ[0])!r} given)")
+            config.check_resume(config.to_dict(stored), config.to_dict(cfg), INVOCATION, run_dir)
         cfg = stored
     else:
         rundir.write_config(run_dir, cfg)

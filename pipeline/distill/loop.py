@@ -21,6 +21,7 @@ import optax
 from pipeline import checkpoint
 from pipeline.distill import config as dconfig
 from pipeline.distill import losses, rounds
+from pipeline.distill.student import load_student_params
 from pipeline.errors import UserError
 
 
@@ -34,14 +35,6 @@ def make_optimizer(stage: dconfig.StageConfig, grad_clip: float):
 def batch_rows(seed: int, r: int, step: int, n_data: int, batch: int) -> np.ndarray:
     """The data rows of round r's global batch `step`: a function of (seed, r, step) only."""
     return np.random.default_rng([seed, r, step]).integers(0, n_data, batch)
-
-
-def load_student_params(root: str, r: int, like):
-    """Round r's finished student parameters, read into the structure of `like` (params pytree)."""
-    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # whatever topology saved it
-    target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=one), like)}
-    with checkpoint.Checkpointer(rounds.student_dir(root, r)) as ck:
-        return ck.restore(target)["params"]
 
 
 def make_loss(cfg: dconfig.DistillConfig, r: int, teacher):
@@ -74,7 +67,8 @@ def make_train_step(loss_fn, optimizer, mesh, batch: int):
 
 def round_loop(ctx) -> dict:
     """Train (or resume) round ctx.config["round"]; returns the round's summary (process 0)."""
-    from pipeline import train
+    from pipeline.data import loading
+    from pipeline.teacher import model as tmodel
 
     cfg = dconfig.load(ctx.config["distill"])
     r, root = int(ctx.config["round"]), ctx.config["root"]
@@ -82,8 +76,8 @@ def round_loop(ctx) -> dict:
     if stage.batch % ctx.num_devices:
         key = "stage1.batch" if r == 0 else "rounds.batch"
         raise UserError(f"config key {key!r} ({stage.batch}) must be divisible by the {ctx.num_devices} devices")
-    teacher = train.load_teacher(cfg.teacher)
-    images, labels = train.load_data(teacher.config.data, "train")
+    teacher = tmodel.load_teacher(cfg.teacher)
+    images, labels = loading.load_data(teacher.config.data, "train")
     teacher_params = jax.device_get(teacher.params if r == 0 else load_student_params(root, r - 1, teacher.params))
     optimizer = make_optimizer(stage, cfg.grad_clip)
 

@@ -14,7 +14,7 @@ import numpy as np
 from pipeline import schedules
 from pipeline.distill.targets import teacher_two_steps, truncated_snr_weight, two_step_target, weighted_mse
 from pipeline.models import denoiser
-from pipeline.samplers.core import bcast
+from pipeline.samplers.chain import bcast
 from pipeline.samplers.steps import x0_from_eps
 
 

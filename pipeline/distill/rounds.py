@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from pipeline import rundir
-from pipeline.config import to_dict
+from pipeline.config import check_resume, to_dict
 from pipeline.distill.config import DistillConfig
 from pipeline.errors import UserError
 
@@ -87,22 +87,10 @@ def prepare_round(cfg: DistillConfig, root: str, r: int) -> str:
     d = round_dir(root, r)
     record = round_record(cfg, r)
     if os.path.isfile(os.path.join(d, rundir.CONFIG)):
-        old = rundir.read_config(d)
-        if old != record:
-            key = _first_difference(old, record)
-            raise UserError(
-                f"{d} was started with another config ({key} differs); resume it with the same config "
-                f"or pass --dir for a new distillation"
-            )
+        check_resume(rundir.read_config(d), record, (), d,
+                     hint="it was started with another config: resume it with the same config or pass --dir "
+                          "for a new distillation")
         return d
     d = rundir.prepare(d)
     rundir.write_config(d, record)
     return d
-
-
-def _first_difference(a, b, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
-    return prefix or "the config"

@@ -16,9 +16,8 @@ def _checked(cfg: DistillConfig) -> DistillConfig:
     """cfg with absolute paths (so that every round records the same config), its teacher checked."""
     if not cfg.teacher:
         raise UserError("no teacher: pass --teacher RUN_DIR (the guided teacher's run directory)")
-    if not os.path.isfile(os.path.join(cfg.teacher, rundir.CONFIG)):
-        raise UserError(f"--teacher {cfg.teacher} is not a teacher run directory (no {rundir.CONFIG})")
-    return dataclasses.replace(cfg, teacher=os.path.abspath(cfg.teacher), dir=cfg.dir and os.path.abspath(cfg.dir))
+    teacher = rundir.require_run_dir(cfg.teacher)
+    return dataclasses.replace(cfg, teacher=teacher, dir=cfg.dir and os.path.abspath(cfg.dir))
 
 
 def run_round(cfg: DistillConfig, r: int, *, workers: int = 0, address: str | None = None,

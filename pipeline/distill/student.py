@@ -66,10 +66,21 @@ def _round_dir(path: str) -> str:
     return os.path.join(path, finished[-1])
 
 
+def load_student_params(root: str, r: int, like):
+    """Round r's finished student parameters, read (never written) into the structure of `like`."""
+    import jax
+    import jax.numpy as jnp
+
+    from pipeline import checkpoint
+
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # whatever topology saved it
+    target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a), sharding=one), like)}
+    return checkpoint.read_subtree(rounds.student_dir(root, r), target)["params"]
+
+
 def load_student(path) -> Student:
     """The student of a round directory, or of the last finished round under a distillation root."""
-    from pipeline import train
-    from pipeline.distill.loop import load_student_params
+    from pipeline.teacher import model as tmodel
 
     d = _round_dir(path)
     record = rundir.read_config(d)
@@ -77,17 +88,21 @@ def load_student(path) -> Student:
     r = int(record["round"])
     if not rundir.read_results(d).get("finished"):
         raise UserError(f"round {r} in {d} has not finished")
-    teacher = train.load_teacher(cfg.teacher)
+    teacher = tmodel.load_teacher(cfg.teacher)
     params = load_student_params(os.path.dirname(d), r, teacher.params)
     steps = cfg.steps_of(r)
     grid = losses.student_grid(teacher.schedule, steps, cfg.stride, losses.t_start(teacher.schedule, cfg.logsnr_start))
     return Student(teacher, params, r, steps, grid)
 
 
-def load_artefact(path: str, model):
-    """Evaluation artefact loader for "student-ddim:PATH" / "student-stochastic:PATH": the student's
-    eps_fn factory, its grid and step count (pipeline.evaluate.Plan)."""
-    from pipeline.evaluate import Plan
+def plan(path: str, model):
+    """The evaluation Plan of "student-ddim:PATH" / "student-stochastic:PATH": the student's
+    eps_fn factory, grid and step count, checked against the model's schedule, data shape and
+    classes."""
+    from pipeline.evaluation.evaluator import check_made_for
+    from pipeline.evaluation.spec import Plan
 
     st = load_student(path)
+    check_made_for(f"student {path}", model, schedule=st.schedule.name, data_shape=st.data_shape,
+                   num_classes=st.num_classes)
     return Plan(eps_fn=st.eps_fn, grid=st.grid, steps=st.steps)

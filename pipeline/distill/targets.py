@@ -6,7 +6,7 @@ Stage 2 (Salimans & Ho 2022, "Progressive Distillation", Alg. 2): one student DD
 t -> s matches two teacher DDIM steps t -> t' -> s; the x-target is the x that makes the
 student's single step land on the teacher's z_s.
 Both are weighted by truncated SNR, max(alpha_t^2 / sigma_t^2, 1) (Salimans & Ho, sec. 4).
-Coefficients alpha_*, sigma_* broadcast against the arrays (see samplers.core.bcast).
+Coefficients alpha_*, sigma_* broadcast against the arrays (see samplers.chain.bcast).
 """
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -70,18 +69,6 @@ class SpmdContext:
         if sum(b - a for a, b in starts) != stop - start:
             raise RuntimeError("this process's devices do not hold a contiguous block of the batch")
         return slice(start, stop)
-
-    def shard_rows(self, global_size: int, rows_fn: Callable[[slice], Any]):
-        """A global batch sharded over "data": `rows_fn(rows)` returns this process's rows
-        (a pytree of NumPy arrays whose first axis has length rows.stop - rows.start)."""
-        rows = self.local_rows(global_size)
-        local = rows_fn(rows)
-        return jax.tree.map(
-            lambda a: jax.make_array_from_process_local_data(
-                self.data_sharding, np.asarray(a), (global_size,) + np.shape(a)[1:]
-            ),
-            local,
-        )
 
     def replicate(self, tree):
         """Host values (the same on every process) as arrays replicated on all devices."""

@@ -14,6 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from pipeline.config import parse_sets
 from pipeline.errors import UserError
 
 # Never uploaded with the working directory: environments, run outputs, VCS data, caches.
@@ -62,7 +63,7 @@ def check_job_config(name: str, config_path: str, root: Path | None = None, extr
     if loader is None:
         return None
     known, _ = _job_parser("", config_path).parse_known_args(list(extra_args))
-    return loader(str(path), _overrides(known.set))
+    return loader(str(path), parse_sets(known.set))
 
 
 def entrypoint(name: str, config_path: str | None = None, extra_args=()) -> str:
@@ -150,23 +151,11 @@ def _job_parser(description: str, default_config: str):
     return p
 
 
-def _overrides(items) -> dict:
-    import yaml
-
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    return overrides
-
-
 def parse_job_args(argv, description: str, default_config: str) -> tuple[str, dict]:
     """A job's command line: --config PATH and --set KEY=VALUE overrides (values read as YAML,
     dotted keys for nested sections). Returns (config path, overrides)."""
     args = _job_parser(description, default_config).parse_args(argv)
-    return args.config, _overrides(args.set)
+    return args.config, parse_sets(args.set)
 
 
 def run_job(main, argv=None) -> int:

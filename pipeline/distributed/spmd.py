@@ -23,7 +23,6 @@ from typing import Any, Callable
 from pipeline.errors import UserError
 
 
-
 def run_spmd(
     loop_fn: Callable[[Any], dict | None],
     loop_config: dict,
@@ -147,7 +146,7 @@ def _free_address() -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def _pin_to_core(rank: int):
+def pin_to_core(rank: int):
     """Restrict every thread of this process to one allowed core (chosen by rank)."""
     cores = sorted(os.sched_getaffinity(0))
     core = {cores[rank % len(cores)]}
@@ -166,7 +165,7 @@ def _worker_main(payload: dict):
     tctx = ray.train.get_context()
     rank, world = tctx.get_world_rank(), tctx.get_world_size()
     if payload["pin_cores"]:
-        _pin_to_core(tctx.get_local_rank())
+        pin_to_core(tctx.get_local_rank())
 
     import logging
 

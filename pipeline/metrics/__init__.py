@@ -1,7 +1,7 @@
 """Sample-quality metrics: KID and the Frechet distance (float64 NumPy, matching
 tensorflow-gan), mergeable feature moments for sharded FID, and a differentiable JAX KID
 (`kid_jax`, loaded on first use so that importing the metrics does not import jax).
-The tensorflow-gan backend itself lives in pipeline.distributed.tfgan_backend."""
+The tensorflow-gan backend itself lives in pipeline.distributed.tfgan.backend."""
 from pipeline.metrics.frechet import FeatureMoments, frechet_distance, frechet_distance_from_moments
 from pipeline.metrics.kid import kid, kid_with_std
 

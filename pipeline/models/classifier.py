@@ -16,8 +16,8 @@ import numpy as np
 import optax
 from flax import serialization
 
-from pipeline.config import atomic_write_text
 from pipeline.errors import UserError
+from pipeline.io import atomic_write_bytes, atomic_write_json
 
 FEATURE_DIM = 64
 FORMAT = "ddss-digit-classifier-v1"
@@ -103,12 +103,8 @@ def _paths(path):
 def save_feature_net(path, params, meta: dict):
     """Write params as msgpack bytes and meta as a JSON sidecar, each atomically (bytes first)."""
     bin_path, json_path = _paths(path)
-    os.makedirs(os.path.dirname(bin_path) or ".", exist_ok=True)
-    tmp = f"{bin_path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(serialization.to_bytes(jax.device_get(params)))
-    os.replace(tmp, bin_path)
-    atomic_write_text(json_path, json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(bin_path, serialization.to_bytes(jax.device_get(params)))
+    atomic_write_json(json_path, {"format": FORMAT, **meta})
 
 
 def load_feature_net(path):

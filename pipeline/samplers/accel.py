@@ -54,8 +54,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pipeline.samplers.baseline import coeffs, eps_at
-from pipeline.samplers.core import register, scan_chain, split_noise
+from pipeline.samplers.chain import coeffs, eps_at, scan_chain, split_noise
+from pipeline.samplers.registry import register
 from pipeline.samplers.steps import ddim_step
 
 

@@ -2,18 +2,11 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
-from pipeline.samplers.core import batch_times, noise_like, register, scan_chain
+from pipeline.samplers.chain import coeffs, eps_at, noise_like, scan_chain
+from pipeline.samplers.registry import register
 from pipeline.samplers.steps import data_step, ddim_step, x0_from_eps
-
-
-def coeffs(sched, t, s):
-    """(alpha_t, sigma_t, alpha_s, sigma_s) at the two ends of a step."""
-    return sched.alpha(t), sched.sigma(t), sched.alpha(s), sched.sigma(s)
-
-
-def eps_at(eps_fn, x, t):
-    return eps_fn(x, batch_times(t, x))
 
 
 def _ddim_chain(eps_fn, sched, x_T, grid, key, eta: float):
@@ -62,7 +55,7 @@ def dpm_solver_pp_2m(eps_fn, sched, x_T, grid, key=None):
 
 # Adams-Bashforth weights of iPNDM's eps combination, by order 1..4 (row), for
 # [eps_i, eps_{i-1}, eps_{i-2}, eps_{i-3}] (Zhang & Chen 2023, DEIS, eq. 28; Liu et al. 2022, PNDM eq. 12).
-IPNDM_WEIGHTS = jnp.array(
+IPNDM_WEIGHTS = np.array(
     [
         [1.0, 0.0, 0.0, 0.0],
         [3.0 / 2, -1.0 / 2, 0.0, 0.0],
@@ -80,7 +73,7 @@ def ipndm(eps_fn, sched, x_T, grid, key=None):
     def step(state, i, t, s):
         x = state["x"]
         hist = jnp.concatenate([eps_at(eps_fn, x, t)[None], state["eps_hist"][:-1]])
-        w = IPNDM_WEIGHTS[jnp.minimum(i, 3)].astype(x.dtype)
+        w = jnp.asarray(IPNDM_WEIGHTS, x.dtype)[jnp.minimum(i, 3)]
         eps = jnp.tensordot(w, hist, axes=1)
         return {"x": ddim_step(x, eps, *coeffs(sched, t, s)), "eps_hist": hist}
 

@@ -27,7 +27,8 @@ import numpy as np
 
 from pipeline import schedules
 from pipeline.errors import UserError, choose
-from pipeline.samplers.core import batch_times, noise_like, register, scan_chain
+from pipeline.samplers.chain import batch_times, noise_like, scan_chain
+from pipeline.samplers.registry import register
 from pipeline.samplers.steps import ddim_noise_std, x0_from_eps
 
 VARIANTS = ("ggdm", "ggdm+pred", "ggdm+time", "ggdm+pred+time")

@@ -13,11 +13,6 @@ def x0_from_eps(x, eps, alpha, sigma):
     return (x - sigma * eps) / alpha
 
 
-def eps_from_x0(x, x0, alpha, sigma):
-    """eps_hat = (x_t - alpha_t x0) / sigma_t."""
-    return (x - alpha * x0) / sigma
-
-
 def ddim_noise_std(alpha_t, sigma_t, alpha_s, sigma_s, eta):
     """DDIM's sigma_{t->s}(eta) = eta sqrt(sigma_s^2/sigma_t^2 (1 - alpha_t^2/alpha_s^2)) (Song et al. 2021, eq. 16);
     eta = 1 is the DDPM ancestral step."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pipeline.samplers.baseline import coeffs, eps_at
-from pipeline.samplers.core import noise_like, register, scan_chain
+from pipeline.samplers.chain import coeffs, eps_at, noise_like, scan_chain
+from pipeline.samplers.registry import register
 from pipeline.samplers.steps import data_step, forward_noise, x0_from_eps
 
 

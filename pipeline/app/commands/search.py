@@ -1,0 +1,63 @@
+"""`ddss search`: learn a K-step GGDM sampler for a teacher by DDSS (an SPMD Ray job)."""
+from __future__ import annotations
+
+import json
+
+NAME = "search"
+HELP = ("Learn a fast sampler for a teacher by DDSS (Watson et al. 2022): gradient descent on the "
+        "GGDM sampler's parameters through the whole K-step chain, loss KID in the data's features "
+        "(the digit classifier's on digits, the pixels on .npz data), the chains sharded over W Ray Train workers; the best parameters on held-out "
+        "seeds are saved as RUN_DIR/sampler (evaluate it with --sampler ggdm:RUN_DIR/sampler).")
+EXAMPLE = "ddss search --teacher runs/teacher-digits --steps 5 --variant ggdm+pred+time --workers 2"
+
+# flag -> SearchConfig key
+_FLAGS = {"teacher": "teacher", "gmm": "gmm", "steps": "steps", "variant": "variant", "workers": "workers",
+          "train_steps": "train_steps", "batch_size": "batch_size", "learning_rate": "learning_rate",
+          "seed": "seed", "cache_dir": "cache_dir"}
+
+
+def add_arguments(p):
+    from pipeline.samplers.ggdm import VARIANTS
+
+    p.add_argument("--teacher", metavar="RUN_DIR", help="the teacher's run directory (ddss train-teacher)")
+    p.add_argument("--gmm", metavar="PRESET", help="instead of a teacher: a Gaussian mixture with its exact denoiser (ring2d, mix16d)")
+    p.add_argument("--steps", type=int, metavar="K", help="sampler steps (= model evaluations per sample)")
+    p.add_argument("--variant", choices=VARIANTS, help="GGDM family (default ggdm+pred+time)")
+    p.add_argument("--config", help="a YAML config (configs/ddss_search.yaml); --set and flags override it")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_samples=500 (repeatable)")
+    p.add_argument("--run-dir", metavar="D", help="the run directory (default runs/ddss-<time>-<id>); must be new or empty")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --run-dir from its latest checkpoint with its config.yaml (only --workers may change)")
+    p.add_argument("--workers", type=int, metavar="W", help="Ray Train workers (0: in this process, no Ray)")
+    p.add_argument("--train-steps", type=int, metavar="N", help="gradient steps")
+    p.add_argument("--batch-size", type=int, metavar="B", help="chains per step, global")
+    p.add_argument("--learning-rate", type=float, metavar="LR")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--cache-dir", help="feature-network cache (default .cache)")
+    p.add_argument("--address", help="a Ray cluster to join (default RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+
+
+def run(args) -> int:
+    from pipeline import config, ddss, rundir
+    from pipeline.teacher import model as tmodel
+    from pipeline.config import parse_sets
+    from pipeline.errors import UserError
+
+    overrides = parse_sets(args.set)
+    overrides.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
+    if bool(args.teacher) != bool(args.gmm):  # one given on the command line replaces the config's other
+        overrides.setdefault("teacher", "")
+        overrides.setdefault("gmm", "")
+    if args.resume:
+        if not args.run_dir:
+            raise UserError("--resume needs --run-dir naming the run to continue")
+        stored = rundir.read_config(rundir.prepare(args.run_dir, resume=True))
+        base = config.load_yaml(args.config) if args.config else stored
+        cfg = ddss.load_config(base, overrides)
+    else:
+        cfg = ddss.load_config(args.config, overrides)
+    if cfg.teacher:  # a missing, corrupt or mismatched teacher fails here, before the run directory is made
+        tmodel.load_teacher(cfg.teacher)
+    result = ddss.search(cfg, run_dir=args.run_dir, resume=args.resume, address=args.address)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,130 @@
+"""The evaluation job of `ddss evaluate`, jobs/evaluate.py and `ddss demo`: an EvaluateConfig
+(flags or YAML) becomes an EvalSpec of the teacher in its feature space, is evaluated on a pool
+of Ray actors, and its row is appended to results.json."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+from pipeline import config, rundir
+from pipeline.app.artefacts import eval_spec as artefact_spec
+from pipeline.errors import UserError
+from pipeline.evaluation.problems import teacher_problem
+from pipeline.evaluation.spec import split_sampler
+
+METRICS_BACKENDS = ("jax", "tfgan")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """An evaluation of a teacher's samples (or an artefact's: sampler NAME:ARTEFACT)."""
+
+    teacher: str = dataclasses.field(default="", metadata=config.PATH)  # the teacher's run directory
+    sampler: str = dataclasses.field(default="ddim", metadata=config.ARTEFACT)  # NAME or NAME:ARTEFACT (ggdm:PATH, student-ddim:RUN_DIR)
+    steps: int = 10
+    num_samples: int = 1000
+    workers: int = 2
+    seed: int = 0
+    stride: str = "quadratic"
+    w: float | None = None  # guidance weight (None: the model's default)
+    batch_size: int = 100  # samples per block (one jitted call)
+    kid_samples: int | None = None  # KID on the first kid_samples samples (None: all)
+    metrics_backend: str = "jax"  # "tfgan": KID/FD by tensorflow-gan in its own venv
+    inception_path: str | None = dataclasses.field(default=None, metadata=config.PATH)  # a TF-Hub Inception module directory (real data)
+    cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # where feature networks are cached
+    results_dir: str | None = dataclasses.field(default=None, metadata=config.PATH)  # results.json goes here (default: the teacher's run)
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0  # e.g. 0.5: two actors per GPU
+    worker_tpus: float = 0.0  # e.g. 4: one actor per TPU host
+    pin_cores: bool = False  # hold actor j to core j (benchmarks)
+    max_failures: int = 3  # lost actors tolerated before giving up
+
+    def validate(self):
+        from pipeline import schedules
+
+        config.check(bool(self.teacher), "teacher", "give the teacher's run directory (--teacher RUN_DIR)")
+        name, sep, artefact = self.sampler.partition(":")
+        config.check(bool(name) and (not sep or bool(artefact)), "sampler", f"expected NAME or NAME:ARTEFACT, got {self.sampler!r}")
+        config.check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        config.check(self.num_samples >= 2, "num_samples", f"must be >= 2 (KID needs two), got {self.num_samples}")
+        config.check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
+        config.check(self.w is None or math.isfinite(self.w), "w", f"must be a finite guidance weight, got {self.w}")
+        config.check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        config.check(self.kid_samples is None or self.kid_samples >= 2, "kid_samples", "must be >= 2")
+        config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}")
+        config.check(self.metrics_backend in METRICS_BACKENDS, "metrics_backend",
+                     f"must be one of {', '.join(METRICS_BACKENDS)}, got {self.metrics_backend!r}")
+        for key in ("worker_cpus", "worker_gpus", "worker_tpus"):
+            config.check(getattr(self, key) >= 0, key, "must be >= 0")
+        config.check(self.max_failures >= 0, "max_failures", "must be >= 0")
+
+    def result_key(self) -> str:
+        """The key of this evaluation in results.json["evaluations"]."""
+        w = "default" if self.w is None else f"{self.w:g}"
+        return f"{self.sampler} K={self.steps} {self.stride} w={w} n={self.num_samples} seed={self.seed} {self.metrics_backend}"
+
+
+def eval_spec(cfg: EvaluateConfig):
+    """The EvalSpec of an EvaluateConfig (its teacher in digit-classifier, pixel or Inception features)."""
+    problem = teacher_problem(cfg.teacher, cfg.cache_dir, inception=cfg.inception_path is not None)
+    return artefact_spec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride, w=cfg.w,
+                         batch_size=cfg.batch_size, kid_samples=cfg.kid_samples)
+
+
+def run_evaluations(cfgs, address: str | None = None, progress: bool = True, pool=None,
+                    keep_samples: int = 0, return_errors: bool = False) -> list:
+    """`ddss evaluate` / jobs/evaluate.py / `ddss demo`: evaluate each cfg (EvaluateConfig), all at once, on `pool` or on a pool started with the first cfg's workers and
+    resources, and append each result row to results.json of its cfg.results_dir (default: the
+    teacher's run). Returns the rows, each with "samples" (the first keep_samples samples, not
+    written to results.json) if keep_samples > 0; with return_errors, a row's UserError or
+    SamplerDiverged takes its place."""
+    from pipeline import samplers
+    from pipeline.distributed.evaluation import evaluate_many
+    from pipeline.distributed.ray_init import ensure_ray
+
+    specs, dirs = [], []
+    for cfg in cfgs:
+        teacher = rundir.require_run_dir(cfg.teacher)
+        results_dir = os.path.abspath(cfg.results_dir or teacher)
+        if not os.path.isdir(results_dir):
+            raise UserError(f"results directory not found: {cfg.results_dir}")
+        samplers.get(split_sampler(cfg.sampler)[0])  # one line naming the valid samplers
+        specs.append(eval_spec(cfg))
+        dirs.append((teacher, results_dir))
+    if len({(c.metrics_backend, c.inception_path) for c in cfgs}) > 1:
+        raise UserError("evaluations run together must share metrics_backend and inception_path")
+    ensure_ray(address)
+    first = cfgs[0]
+    pool_kw = {}
+    if pool is None:
+        resources = {"CPU": first.worker_cpus}
+        if first.worker_gpus:
+            resources["GPU"] = first.worker_gpus
+        if first.worker_tpus:
+            resources["TPU"] = first.worker_tpus
+        pool_kw = dict(resources=resources, pin_cores=first.pin_cores, max_failures=first.max_failures)
+    outs = evaluate_many(specs, workers=first.workers, progress=progress, backend=first.metrics_backend,
+                         inception_path=first.inception_path, pool=pool, keep_samples=keep_samples,
+                         return_errors=return_errors, **pool_kw)
+    rows = []
+    for cfg, spec, (teacher, results_dir), out in zip(cfgs, specs, dirs, outs):
+        if isinstance(out, BaseException):
+            rows.append(out)
+            continue
+        samples = out.pop("samples", None)
+        name, artefact = split_sampler(cfg.sampler)
+        method = name if artefact is None else f"{name}:{os.path.basename(artefact.rstrip('/'))}"
+        row = {"method": method, "sampler": cfg.sampler, "steps": cfg.steps, "nfe": samplers.nfe(name, cfg.steps),
+               "stride": cfg.stride, "w": cfg.w, "seed": cfg.seed, "features": spec.problem.label, "teacher": teacher,
+               "metrics_backend": cfg.metrics_backend, "time": time.time(), **out}
+        rundir.update_results(results_dir, {"evaluations": {cfg.result_key(): row}})
+        rows.append(row if samples is None else {**row, "samples": samples})
+    return rows
+
+
+def run_evaluation(cfg, address: str | None = None, progress: bool = True, pool=None,
+                   keep_samples: int = 0) -> dict:
+    """One evaluation: run_evaluations([cfg], ...)[0] (errors raised); returns its row."""
+    return run_evaluations([cfg], address, progress, pool, keep_samples)[0]

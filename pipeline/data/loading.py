@@ -1,0 +1,71 @@
+"""A teacher's data set from its config: scikit-learn's digits, or the user's own .npz files."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from pipeline import config
+from pipeline.errors import UserError, choose
+
+DATASETS = ("digits", "npz")
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The training data: scikit-learn's digits, or the user's own .npz files (name: npz)."""
+
+    name: str = "digits"  # digits | npz
+    path: str = dataclasses.field(default="", metadata=config.PATH)  # npz: the training .npz (required)
+    test_path: str = dataclasses.field(default="", metadata=config.PATH)  # npz: the held-out .npz, the evaluation reference (empty: path itself, i.e. the training images)
+    key: str = "images"  # npz: the images array, uint8 [N, H, W, C] in [0, 255] or float in [-1, 1]
+    labels_key: str = "labels"  # npz: the integer labels array; "": unconditional (every label 0, one class, null class 1)
+
+    def validate(self):
+        config.check(self.name in DATASETS, "data.name", f"must be one of {', '.join(DATASETS)}, got {self.name!r}")
+        if self.name == "npz":
+            config.check(bool(self.path), "data.path", "data.name npz needs the training .npz file (--set data.path=FILE)")
+            config.check(bool(self.key), "data.key", "must name the images array in the .npz")
+            return
+        for f in ("path", "test_path", "key", "labels_key"):  # a .npz setting with digits would be ignored: refuse it
+            default = type(self).__dataclass_fields__[f].default
+            config.check(getattr(self, f) == default, f"data.{f}", f"applies only to data.name npz (data.name is {self.name!r})")
+
+
+def load_data(cfg: DataConfig, split: str):
+    """(images [N,H,W,C] float32 in [-1, 1], labels [N] int32) of a data set split: digits, or
+    for npz the file data.path ("train") or data.test_path, default data.path ("test")."""
+    choose("data set", cfg.name, DATASETS)
+    if cfg.name == "digits":
+        from pipeline.data.digits import load_digits
+
+        images, labels = load_digits(split)
+        return np.asarray(images, np.float32), np.asarray(labels, np.int32)
+    from pipeline.data.arrays import load_npz
+
+    choose("data split", split, SPLITS)
+    key, path = ("data.test_path", cfg.test_path) if split == "test" and cfg.test_path else ("data.path", cfg.path)
+    if not os.path.isfile(path):
+        raise UserError(f"config key {key!r}: {path!r} is not a file")
+    images, labels = load_npz(path, cfg.key, cfg.labels_key or None)
+    if len(images) == 0:
+        raise UserError(f"config key {key!r}: {path}[{cfg.key!r}] holds no images")
+    if labels is None:
+        labels = np.zeros(len(images), np.int32)  # unconditional: one class (the null label is 1)
+    elif labels.min() < 0:
+        raise UserError(f"{path}[{cfg.labels_key!r}]: labels must be >= 0, got {labels.min()}")
+    return np.asarray(images, np.float32), np.asarray(labels, np.int32)
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Load both splits once, so that a missing or bad .npz (or a test split of another image
+    shape) fails with one line before a run directory is made; digits needs no check."""
+    if cfg.name == "digits":
+        return
+    train_x, _ = load_data(cfg, "train")
+    test_x, _ = load_data(cfg, "test")
+    if test_x.shape[1:] != train_x.shape[1:]:
+        raise UserError(f"config key 'data.test_path': its images are {'x'.join(map(str, test_x.shape[1:]))}, "
+                        f"the training images {'x'.join(map(str, train_x.shape[1:]))}")

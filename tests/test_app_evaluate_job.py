@@ -1,0 +1,53 @@
+"""The evaluation job's config and spec: paths made absolute at the edge, and the EvalSpec of a
+config (its teacher's feature space; a plan loader for a sampler with an artefact)."""
+import os
+import types
+
+import numpy as np
+
+from pipeline import config, rundir, schedules
+from pipeline.app.evaluate_job import EvaluateConfig, eval_spec
+from pipeline.ddss.artefact import save_artefact
+from pipeline.samplers import ggdm
+from pipeline.teacher import config as tconfig
+
+
+def test_paths_are_made_absolute_at_the_edge(tmp_path, monkeypatch):
+    """Ray workers and actors run in another cwd: the configs that name local paths resolve them
+    against the caller's cwd when loaded; URLs and the sampler's name are left alone."""
+    from pipeline import ddss
+    from pipeline.distill import config as dconfig
+    from pipeline.app.evaluate_job import EvaluateConfig
+
+    monkeypatch.chdir(tmp_path)
+    ev = config.load(EvaluateConfig, {"teacher": "runs/t", "sampler": "ggdm:arts/k5", "cache_dir": "gs://b/cache"})
+    assert ev.teacher == str(tmp_path / "runs" / "t") and ev.sampler == f"ggdm:{tmp_path / 'arts' / 'k5'}"
+    assert ev.cache_dir == "gs://b/cache" and ev.results_dir is None
+    assert config.load(EvaluateConfig, {"teacher": "t"}).cache_dir == str(tmp_path / ".cache")  # defaults too
+    assert config.load(EvaluateConfig, {"teacher": "t", "sampler": "ddim"}).sampler == "ddim"
+    assert ddss.load_config(None, {"teacher": "t", "run_dir": "r"}).run_dir == str(tmp_path / "r")
+    d = dconfig.load({"teacher": "../t", "dir": "~/d"})
+    assert d.teacher == os.path.normpath(str(tmp_path / ".." / "t")) and d.dir == os.path.expanduser("~/d")
+
+
+def test_eval_spec_of_a_config(tmp_path):
+    """A teacher's run directory (config.yaml is all eval_spec reads; the model loads in each worker)."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    rundir.write_config(teacher, tconfig.load_config(None))
+    given = {"teacher": str(teacher), "steps": 4, "num_samples": 8, "seed": 3, "w": 0.5, "batch_size": 4,
+             "kid_samples": 6, "cache_dir": str(tmp_path / "cache")}
+    spec = eval_spec(config.load(EvaluateConfig, given))
+    assert (spec.sampler, spec.steps, spec.num_samples, spec.seed, spec.w, spec.batch_size, spec.kid_samples) == (
+        "ddim", 4, 8, 3, 0.5, 4, 6)
+    assert spec.plan is None and spec.problem.label == "digit-classifier"
+    inception = eval_spec(config.load(EvaluateConfig, {**given, "inception_path": str(tmp_path)}))
+    assert inception.problem.label == "inception"
+
+    params = ggdm.init_params(4, "ggdm", "cosine")
+    art = save_artefact(tmp_path / "k4", params, {"schedule": "cosine", "data_shape": [8, 8, 1]})
+    spec = eval_spec(config.load(EvaluateConfig, {**given, "sampler": f"ggdm:{art}"}))
+    teacher_like = types.SimpleNamespace(schedule=schedules.get("cosine"), data_shape=(8, 8, 1), num_classes=10)
+    plan = spec.plan(teacher_like)  # what each actor runs: the artefact read for its model
+    assert plan.steps == 4
+    np.testing.assert_array_equal(plan.kwargs["params"]["sigma"], np.asarray(params["sigma"]))

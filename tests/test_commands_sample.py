@@ -1,0 +1,80 @@
+"""`ddss sample` writes an .npz and a grid of the evaluation's samples and never overwrites them;
+an artefact made for another model or step count, and a sampler that diverges, end with one line
+and exit code 2, writing nothing (teachers, gmm_search: tests/cli_fixtures.py)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cli_fixtures import fails, snapshot
+from pipeline import ddss, samplers
+from pipeline.app import cli
+from pipeline.samplers import ggdm
+from pipeline.teacher import model as tmodel
+
+
+def test_artefact_for_another_model_or_step_count_is_one_line(gmm_search, teachers, tmp_path, capsys):
+    t = teachers["good"]
+    before = snapshot(t)
+    gmm_art = os.path.join(gmm_search, "sampler")  # made for 2-d vectors, the teacher makes 8x8x1 images
+    fails(["evaluate", "--teacher", t, "--sampler", f"ggdm:{gmm_art}", "--steps", 2, "--workers", 1], capsys,
+           "data shape 2", "8x8x1")
+    fails(["sample", "--teacher", t, "--sampler", f"ggdm:{gmm_art}", "--steps", 2, "--out", tmp_path / "a.npz"],
+           capsys, "data shape 2")
+
+    mine = ddss.save_artefact(tmp_path / "k2", ggdm.init_params(2, "ggdm", "cosine"),
+                              {"schedule": "cosine", "data_shape": [8, 8, 1]})
+    fails(["sample", "--teacher", t, "--sampler", f"ggdm:{mine}", "--steps", 3, "--out", tmp_path / "b.npz"],
+           capsys, "made for 2 steps")
+    fails(["evaluate", "--teacher", t, "--sampler", f"ggdm:{mine}", "--steps", 3, "--workers", 1], capsys,
+           "made for 2 steps")
+    lin = ddss.save_artefact(tmp_path / "lin", ggdm.init_params(2, "ggdm", "linear"),
+                             {"schedule": "linear", "data_shape": [8, 8, 1]})
+    fails(["sample", "--teacher", t, "--sampler", f"ggdm:{lin}", "--steps", 2, "--out", tmp_path / "c.npz"],
+           capsys, "schedule linear")
+
+    with open(os.path.join(mine, "params.npz"), "r+b") as f:  # a torn write
+        f.truncate(40)
+    fails(["sample", "--teacher", t, "--sampler", f"ggdm:{mine}", "--steps", 2, "--out", tmp_path / "d.npz"],
+           capsys, "unreadable")
+    fails(["sample", "--teacher", t, "--sampler", f"ggdm:{tmp_path}", "--steps", 2, "--out", tmp_path / "e.npz"],
+           capsys, "not a DDSS sampler artefact")
+    fails(["sample", "--teacher", t, "--sampler", f"student-ddim:{tmp_path}", "--steps", 2,
+            "--out", tmp_path / "f.npz"], capsys, "no finished distillation round")
+    assert sorted(os.listdir(tmp_path)) == ["k2", "lin"]
+    assert snapshot(t) == before
+
+
+def test_sample_writes_the_evaluation_samples_and_never_overwrites(teachers, tmp_path, capsys):
+    out = tmp_path / "ddim.npz"
+    argv = ["sample", "--teacher", teachers["good"], "--steps", 2, "--num-samples", 12, "--batch-size", 12,
+            "--seed", 3, "--out", out]
+    assert cli.main([str(a) for a in argv]) == 0
+    capsys.readouterr()
+    with np.load(out, allow_pickle=False) as z:
+        images, labels = z["images"], z["labels"]
+    assert images.shape == (12, 8, 8, 1) and images.dtype == np.float32
+    np.testing.assert_array_equal(labels, np.arange(12) % 10)
+    assert np.all(np.abs(images) <= 1.0) and np.std(images) > 0.1
+    assert (tmp_path / "ddim.png").stat().st_size > 0
+    # the same samples drawn here through the public samplers.sample, x_T of sample i from
+    # fold_in(fold_in(key(seed), i), 0) and label i % 10
+    teacher = tmodel.load_teacher(teachers["good"])
+    keys = [jax.random.fold_in(jax.random.fold_in(jax.random.key(3), i), 0) for i in range(12)]
+    x_T = jnp.stack([jax.random.normal(k, (8, 8, 1), jnp.float32) for k in keys])
+    ref = samplers.sample("ddim", teacher.eps_fn(jnp.arange(12) % 10), teacher.schedule, x_T, steps=2, stride="quadratic")
+    np.testing.assert_allclose(images, np.clip(np.asarray(ref), -1.0, 1.0), atol=1e-5)
+
+    before = snapshot(tmp_path)
+    fails(argv, capsys, "already exists")
+    (tmp_path / "ddim.npz").rename(tmp_path / "moved.npz")  # the grid alone also blocks the name
+    fails(argv, capsys, "ddim.png", "already exists")
+    assert snapshot(tmp_path) == {k.replace("ddim.npz", "moved.npz"): v for k, v in before.items()}
+
+
+def test_diverging_sampler_is_one_line_and_writes_nothing(teachers, tmp_path, capsys):
+    t = teachers["inf"]
+    fails(["sample", "--teacher", t, "--steps", 2, "--num-samples", 4, "--out", tmp_path / "s.npz"], capsys,
+           "non-finite", "step 1 of 2")
+    assert os.listdir(tmp_path) == []
