@@ -79,5 +79,6 @@ def test_missing_or_unknown_job_is_one_line(fake, capsys):
     for action in ("status", "logs", "stop"):
         one_line_exit_2(["jobs", action], capsys, f"`ddss jobs {action}` needs a JOB_ID")
     assert fake.addresses == []  # refused before reaching for the server
-    for action in ("status", "logs"):
+    for action in ("status", "logs", "stop"):
         one_line_exit_2(["jobs", action, "ddss-zzz"], capsys, "job ddss-zzz: Job ddss-zzz does not exist")
+    assert fake.stopped == []

@@ -38,6 +38,7 @@ def run(args) -> int:
             jobs_client.status(c, args.job_id)  # one-line error for an unknown job
             sys.stdout.write(c.get_job_logs(args.job_id))
         return 0
+    jobs_client.status(c, args.job_id)  # one-line error for an unknown job
     stopped = c.stop_job(args.job_id)
     print(f"job {args.job_id}: {'stop requested' if stopped else 'already finished'} "
           f"({jobs_client.status(c, args.job_id)})")
