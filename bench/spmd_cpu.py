@@ -95,7 +95,7 @@ def worker(rank: int, nproc: int, port: int, repeats: int) -> dict:
 
     def one_step(x, y):
         nonlocal state
-        state, loss = step(state, x, y, rows)
+        state, loss, _ = step(state, x, y, rows)
         return loss
 
     out["train_step_ms"] = _timed(one_step, local_batch[:2], repeats)

@@ -51,6 +51,8 @@ def load_yaml(path) -> dict:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError as e:  # YAML is UTF-8 text
+        raise UserError(f"config {path} is not valid YAML: not UTF-8 text (byte {e.start})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -150,6 +152,19 @@ def to_dict(obj) -> dict:
         return v
 
     return conv(obj)
+
+
+# Upper bounds of sizes a config may ask for: beyond them a job would only run out of memory or
+# overflow after starting (one line before any work instead).
+MAX_STEPS = 100_000  # sampling steps, training steps
+MAX_SAMPLES = 1_000_000  # samples of an evaluation or a reference
+MAX_BATCH = 100_000
+MAX_SEED = 2**32 - 1  # JAX folds larger seeds onto smaller ones
+
+
+def check_range(value, low, high, key: str, note: str = ""):
+    """Raise a UserError naming `key` unless low <= value <= high."""
+    check(low <= value <= high, key, f"must be in [{low}, {high}]{note}, got {value}")
 
 
 def check(cond: bool, key: str, message: str):

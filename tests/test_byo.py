@@ -14,6 +14,7 @@ import pytest
 from pipeline import ddss, rundir
 
 from pipeline.app import cli
+from pipeline.models import build
 from pipeline.teacher import model as tmodel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,12 +59,14 @@ def package(tmp_path_factory):
         del sys.modules[name]
 
 
-def test_own_model_trains_searches_and_evaluates_through_the_cli(package, tmp_path, capsys):
+def test_own_model_trains_searches_and_evaluates_through_the_cli(package, tmp_path, capsys, monkeypatch):
+    # a model from outside pipeline/ is built only from a package the user allows (--allow-module)
+    monkeypatch.delenv(build.ALLOW_ENV, raising=False)
     teacher, search_dir = tmp_path / "teacher", tmp_path / "search"
     sets = {"model.import_path": f"{PACKAGE}.models:TinyEps", "model.kwargs": "{hidden: 32}", "train.steps": 60,
             "train.batch_size": 32, "train.checkpoint_every": 60, "train.log_every": 20, "sample.steps": 4,
             "sample.per_class": 1, "sample.fd_samples": 0}
-    argv = ["train-teacher", "--run-dir", str(teacher)]
+    argv = ["train-teacher", "--run-dir", str(teacher), "--allow-module", PACKAGE]
     for k, v in sets.items():
         argv += ["--set", f"{k}={v}"]
     assert cli.main(argv) == 0, capsys.readouterr().err[-2000:]
@@ -71,8 +74,11 @@ def test_own_model_trains_searches_and_evaluates_through_the_cli(package, tmp_pa
     t = tmodel.load_teacher(teacher)
     assert type(t.model).__module__ == f"{PACKAGE}.models" and t.step == 60
 
-    argv = ["search", "--teacher", str(teacher), "--steps", "2", "--workers", "0", "--train-steps", "2",
-            "--batch-size", "16", "--run-dir", str(search_dir), "--set", "eval_samples=32", "--set", "eval_every=2",
+    monkeypatch.delenv(build.ALLOW_ENV)
+    assert cli.main(["search", "--teacher", str(teacher), "--steps", "2", "--workers", "0"]) == 2
+    assert f"'{PACKAGE}.models:TinyEps' is not allowed" in capsys.readouterr().err
+    argv = ["search", "--allow-module", PACKAGE, "--teacher", str(teacher), "--steps", "2", "--workers", "0",
+            "--train-steps", "2", "--batch-size", "16", "--run-dir", str(search_dir), "--set", "eval_samples=32", "--set", "eval_every=2",
             "--set", "checkpoint_every=2"]
     assert cli.main(argv) == 0, capsys.readouterr().err[-2000:]
     found = json.loads(capsys.readouterr().out)
@@ -84,8 +90,9 @@ def test_own_model_trains_searches_and_evaluates_through_the_cli(package, tmp_pa
     # Ray's actors import the model from PYTHONPATH, as a user's would: a fresh `ddss` process
     # with its own local Ray.
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([package, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "pipeline.app.cli", "evaluate", "--teacher", str(teacher), "--sampler",
-           f"ggdm:{found['artefact']}", "--steps", "2", "--num-samples", "32", "--batch-size", "16", "--workers", "1"]
+    env.pop(build.ALLOW_ENV, None)  # the flag sets it for the actors too
+    cmd = [sys.executable, "-m", "pipeline.app.cli", "evaluate", "--allow-module", PACKAGE, "--teacher", str(teacher),
+           "--sampler", f"ggdm:{found['artefact']}", "--steps", "2", "--num-samples", "32", "--batch-size", "16", "--workers", "1"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     printed = json.loads(out.stdout)

@@ -70,6 +70,7 @@ def test_corrupt_checkpoint_is_one_line_and_not_overwritten(tmp_path):
     with checkpoint.Checkpointer(tmp_path / "ck") as ck:
         ck.save(1, _state())
     step_dir = tmp_path / "ck" / "1"
+    (step_dir / checkpoint.CHECKSUM).unlink()  # as an older run wrote it: orbax's own checks
     data_files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
     assert data_files
     for p in data_files:  # garble every array chunk
@@ -84,3 +85,55 @@ def test_corrupt_checkpoint_is_one_line_and_not_overwritten(tmp_path):
     (step_dir / "default" / "_METADATA").write_text("{not json")
     with pytest.raises(UserError, match="unreadable"):
         checkpoint.Checkpointer(tmp_path / "ck").restore(_state())
+
+
+def _flip_largest_file(step_dir):
+    """Flip one byte in the middle of the largest file under step_dir (an array chunk)."""
+    big = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(big.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    big.write_bytes(data)
+
+
+def test_a_flipped_byte_is_a_checksum_mismatch(tmp_path):
+    """orbax restores a checkpoint with a flipped byte in a data file without complaint; the
+    checksum of each committed step (written at the next save and at close) refuses it."""
+    states = {s: _state(width=64, seed=s) for s in (1, 2)}
+    with checkpoint.Checkpointer(tmp_path / "ck") as ck:
+        for s, st in states.items():
+            ck.save(s, st)
+        assert (tmp_path / "ck" / "1" / checkpoint.CHECKSUM).is_file()  # sealed when step 2 was saved
+    assert (tmp_path / "ck" / "2" / checkpoint.CHECKSUM).is_file()  # sealed at close
+    assert _equal(checkpoint.Checkpointer(tmp_path / "ck").restore(_state(width=64)), states[2])
+    assert _equal(checkpoint.read_subtree(tmp_path / "ck", {"ema": _state(width=64)["ema"]})["ema"], states[2]["ema"])
+
+    _flip_largest_file(tmp_path / "ck" / "2")
+    before = {p: p.read_bytes() for p in (tmp_path / "ck").rglob("*") if p.is_file()}
+    for load in (lambda: checkpoint.Checkpointer(tmp_path / "ck").restore(_state(width=64)),
+                 lambda: checkpoint.read_subtree(tmp_path / "ck", {"ema": _state(width=64)["ema"]})):
+        with pytest.raises(UserError, match="checkpoint step 2 .*corrupt.*checksum mismatch") as e:
+            load()
+        assert "\n" not in str(e.value)
+    assert {p: p.read_bytes() for p in (tmp_path / "ck").rglob("*") if p.is_file()} == before
+    assert _equal(checkpoint.Checkpointer(tmp_path / "ck").restore(_state(width=64), step=1), states[1])  # untouched
+    (tmp_path / "ck" / "2" / checkpoint.CHECKSUM).unlink()  # a step without a checksum loads as before
+    checkpoint.Checkpointer(tmp_path / "ck").restore(_state(width=64))
+
+
+def test_finite_guard_stops_at_the_first_bad_step_and_keeps_the_checkpoints(tmp_path):
+    ck = checkpoint.Checkpointer(tmp_path / "ck")
+    guard = checkpoint.FiniteGuard(ck, "training", "lr")
+    guard.step(1, jnp.bool_(True), jnp.float32(0.5), now=True)
+    ck.save(1, _state())
+    guard.step(2, jnp.bool_(True), jnp.float32(0.4))
+    guard.step(3, jnp.bool_(False), jnp.float32(np.nan))  # checked one step late...
+    with pytest.raises(checkpoint.TrainingDiverged) as e:
+        guard.step(4, jnp.bool_(False), jnp.float32(np.nan))
+    msg = str(e.value)
+    assert msg.startswith("training diverged at step 3: non-finite loss; the last good checkpoint (step 1) stays")
+    assert "lower lr" in msg and isinstance(e.value, UserError)
+    assert checkpoint.Checkpointer(tmp_path / "ck").all_steps() == [1]
+    assert (tmp_path / "ck" / "1" / checkpoint.CHECKSUM).is_file()  # the guard closed (and sealed) the checkpointer
+    guard = checkpoint.FiniteGuard(checkpoint.Checkpointer(tmp_path / "other"), "training", "lr")
+    with pytest.raises(checkpoint.TrainingDiverged, match="step 7: non-finite gradient .* no checkpoint was written"):
+        guard.step(7, jnp.bool_(False), jnp.float32(1.0), now=True)  # ...or at once, before a log or save

@@ -43,3 +43,39 @@ def test_diverging_sampler_in_an_evaluation_actor_is_one_line(teachers, local_ra
            "non-finite", "ddim")
     assert snapshot(t) == before, "a failed evaluation must not touch results.json"
     assert not os.path.exists(os.path.join(t, rundir.RESULTS))
+
+
+def test_sizes_out_of_range_are_one_line(teachers, capsys):
+    t = teachers["good"]
+    before = snapshot(t)
+    for flag, value, needle in (("--steps", 10**18, "must be in [1, 100000], got 1000000000000000000"),
+                                ("--batch-size", 10**12, "must be in [1, 100000]"),
+                                ("--num-samples", 10**12, "must be in [2, 1000000]"),
+                                ("--seed", 2**32, "'seed'"), ("--workers", 10**6, "'workers'")):
+        fails(["evaluate", "--teacher", t, flag, value], capsys, needle)
+    fails(["evaluate", "--teacher", t, "--set", "worker_cpus=.inf"], capsys, "'worker_cpus'", "finite")
+    assert snapshot(t) == before
+
+
+def test_results_that_cannot_be_written_are_refused_before_any_sampling(teachers, tmp_path, capsys, monkeypatch):
+    """A results directory that cannot be written (or whose results.json is no object) failed
+    only after the whole evaluation: now before any actor starts or sample is drawn."""
+    import subprocess
+
+    from pipeline.distributed import evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate_many", lambda *a, **k: pytest.fail("sampling started"))
+    t = teachers["good"]
+    argv = ["evaluate", "--teacher", t, "--steps", 2, "--num-samples", 4, "--workers", 1]
+    fails([*argv, "--results-dir", "/proc/self"], capsys, "cannot write in the results directory /proc/self")
+    (tmp_path / "results.json").write_text("[]")
+    fails([*argv, "--results-dir", tmp_path], capsys, "results.json holds a JSON list")
+    assert (tmp_path / "results.json").read_text() == "[]"
+
+    frozen = shutil.copytree(t, tmp_path / "frozen")  # a read-only teacher: its run directory is immutable
+    if subprocess.run(["chattr", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not permitted here")
+    try:
+        fails([*argv[:2], frozen, *argv[3:]], capsys, "cannot write in the teacher run directory", "--results-dir")
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], check=True)

@@ -78,3 +78,48 @@ def test_diverging_sampler_is_one_line_and_writes_nothing(teachers, tmp_path, ca
     fails(["sample", "--teacher", t, "--steps", 2, "--num-samples", 4, "--out", tmp_path / "s.npz"], capsys,
            "non-finite", "step 1 of 2")
     assert os.listdir(tmp_path) == []
+
+
+def test_flags_out_of_range_are_one_line_before_anything_is_loaded(teachers, tmp_path, capsys, monkeypatch):
+    """Sizes that allocated exabytes (MemoryError, a traceback) or ran for ever, and a seed
+    past JAX's 32 bits (2**32 was seed 0 again): one line, nothing written."""
+    t = teachers["good"]
+    before = snapshot(t)
+    for flag, value, needle in (("--steps", 10**18, "--steps must be in [1, 100000], got 1000000000000000000"),
+                                ("--batch-size", 10**12, "--batch-size must be in [1, 100000]"),
+                                ("--num-samples", 10**12, "--num-samples must be in [2, 1000000]"),
+                                ("--seed", 2**32, "--seed must be in [0, 4294967295], got 4294967296"),
+                                ("--seed", -1, "--seed must be in [0, 4294967295]"),
+                                ("--grid", 0, "--grid must be in [1, 1000000]")):
+        fails(["sample", "--teacher", t, flag, value, "--out", tmp_path / "s.npz"], capsys, needle)
+    # an allocation no bound foresaw: one line too
+    from pipeline.app.commands import sample as sample_command
+
+    def oom(out):
+        raise MemoryError("Unable to allocate 6.94 EiB for an array with shape (1000000000000000000,)")
+
+    monkeypatch.setattr(sample_command, "outputs", oom)
+    fails(["sample", "--teacher", t, "--out", tmp_path / "s.npz"], capsys, "out of memory: Unable to allocate 6.94 EiB")
+    assert os.listdir(tmp_path) == [] and snapshot(t) == before
+
+
+def test_an_artefact_of_a_npy_or_a_guidance_of_words_is_one_line(teachers, tmp_path, capsys):
+    import hashlib
+    import json
+
+    t = teachers["good"]
+    for name, change, needle in (("npy", "params", "a .npy array"), ("words", "guidance", "'guidance' must be a finite number, got 'high'")):
+        art = ddss.save_artefact(tmp_path / name, ggdm.init_params(2, "ggdm", "cosine"),
+                                 {"schedule": "cosine", "data_shape": [8, 8, 1], "guidance": 0.5})
+        meta = json.loads(open(f"{art}/meta.json").read())
+        if change == "params":
+            np.save(f"{art}/p.npy", np.ones(2, np.float32))
+            os.replace(f"{art}/p.npy", f"{art}/params.npz")
+            meta["params_sha256"] = hashlib.sha256(open(f"{art}/params.npz", "rb").read()).hexdigest()
+        else:
+            meta["guidance"] = "high"
+        with open(f"{art}/meta.json", "w") as f:
+            json.dump(meta, f)
+        fails(["sample", "--teacher", t, "--sampler", f"ggdm:{art}", "--steps", 2, "--out", tmp_path / "s.npz"],
+              capsys, needle)
+    assert sorted(os.listdir(tmp_path)) == ["npy", "words"]

@@ -22,3 +22,25 @@ def test_search_run_dir_is_never_overwritten_and_resume_keeps_the_run(gmm_search
     assert '"resumed_from": 2' in capsys.readouterr().out
     assert snapshot(art) == art_before
     assert ddss.load_artefact(gmm_search)["meta"]["data_shape"] == [2]
+
+
+def test_resume_honours_workers(gmm_search, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from pipeline import rundir
+    from pipeline.distributed import spmd
+
+    run = str(shutil.copytree(gmm_search, tmp_path / "run"))
+    cfg = rundir.read_config(run)
+    rundir.write_config(run, {**cfg, "workers": 2})  # as if started on 2 Ray workers
+    real = spmd.run_spmd
+
+    def in_process_only(loop, config, num_workers, **kw):
+        assert num_workers == 0, f"ran on {num_workers} workers, not the --workers 0 given"
+        return real(loop, config, num_workers=num_workers, **kw)
+
+    monkeypatch.setattr(spmd, "run_spmd", in_process_only)
+    capsys.readouterr()
+    assert cli.main(["search", "--resume", "--run-dir", run, "--workers", "0"]) == 0, capsys.readouterr().err[-2000:]
+    assert rundir.read_results(run)["ddss_search"]["processes"] == 1
+    assert rundir.read_config(run)["workers"] == 2

@@ -26,3 +26,25 @@ def test_resume_takes_no_config_and_workers_are_not_negative(tmp_path, capsys):
     one_line_exit_2(["train-teacher", "--resume", "--run-dir", str(tmp_path), "--config", config], capsys,
                     "drop --config")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_model_config_fails_before_the_run_directory_exists(tmp_path, capsys):
+    """An unknown model argument, a class that does not exist and an argument the module cannot
+    use fail before the run directory is made: a retry with the fix is a new run, not one stuck
+    as "not empty" whose --resume refuses the change."""
+    run_dir = tmp_path / "r"
+    tiny = ["--set", "model.kwargs={ch: 8, ch_mult: [1], num_res_blocks: 1}"]
+    for change, needle in (("model.kwargs.nonsense=1", "unexpected keyword argument 'nonsense'"),
+                           ("model.import_path=pipeline.models.unet:Nope", "cannot be imported"),
+                           ("model.kwargs.ch=x", "cannot be initialised for 8x8x1 data and 10 classes")):
+        one_line_exit_2(["train-teacher", *tiny, "--set", change, "--run-dir", str(run_dir)], capsys, needle)
+        assert not run_dir.exists(), change
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_dir_that_cannot_be_made_or_written_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    one_line_exit_2(["train-teacher", "--run-dir", str(tmp_path / "file" / "run")], capsys,
+                    "cannot create the run directory", "Not a directory")
+    one_line_exit_2(["train-teacher", "--run-dir", "/proc/x"], capsys, "cannot create the run directory /proc/x")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]

@@ -109,3 +109,44 @@ def test_check_resume_first_key_in_order_and_hint():
         config.check_resume(STORED, given, (), "d")
     with pytest.raises(UserError, match=r"'model.ch' \(32 in the run, 16 given\); pass --dir$"):
         config.check_resume(STORED, given, (), "d", hint="pass --dir")
+
+
+def _rate_configs():
+    """(load(overrides), dotted key) of every learning rate and clip norm of the training configs."""
+    from pipeline.ddss.config import load as ddss_load
+    from pipeline.distill.config import load as distill_load
+    from pipeline.teacher.config import load_config as teacher_load
+
+    teacher, distill = (lambda o: teacher_load(None, o)), (lambda o: distill_load(None, o))
+    ddss = lambda o: ddss_load({"gmm": "ring2d"}, o)  # noqa: E731
+    return [(teacher, "train.lr"), (teacher, "train.grad_clip"), (distill, "stage1.lr"), (distill, "rounds.lr"),
+            (distill, "grad_clip"), (ddss, "learning_rate"), (ddss, "clip_norm")]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 0.0, -1.0])
+def test_learning_rates_and_clip_norms_must_be_positive_and_finite(value):
+    for load, key in _rate_configs():
+        load({key: 0.5})
+        with pytest.raises(UserError) as e:
+            load({key: value})
+        assert f"'{key}'" in str(e.value) and "positive finite" in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_sizes_past_any_machine_are_refused_before_any_work():
+    """--steps 1e18 or a batch of 1e12 would overflow or run out of memory after starting."""
+    from pipeline import ddss
+    from pipeline.distill import config as dconfig
+    from pipeline.teacher.config import load_config
+
+    for overrides, key in [({"steps": 10**18}, "steps"), ({"batch_size": 10**12}, "batch_size"),
+                           ({"eval_samples": 10**12}, "eval_samples"), ({"seed": 2**32}, "seed")]:
+        with pytest.raises(UserError, match=f"'{key}': must be in"):
+            ddss.load_config({"gmm": "ring2d", **overrides})
+    for overrides, key in [({"train.batch_size": 10**12}, "train.batch_size"), ({"sample.per_class": 2**63}, "sample.per_class"),
+                           ({"train.steps": 10**18}, "train.steps"), ({"sample.batch_size": 10**12}, "sample.batch_size")]:
+        with pytest.raises(UserError, match=f"'{key}': must be in"):
+            load_config(None, overrides)
+    with pytest.raises(UserError, match="'start_steps'"):
+        dconfig.load({"teacher": "t", "start_steps": 2**40})
+    with pytest.raises(UserError, match="'stage1.batch'"):
+        dconfig.load({"teacher": "t", "stage1": {"batch": 10**12}})

@@ -1,9 +1,11 @@
 """The .npz loader: uint8 and float images, and its validation (each bad input is one UserError
 line naming the problem)."""
+import zipfile
+
 import numpy as np
 import pytest
 
-from pipeline.data.arrays import load_npz
+from pipeline.data.arrays import load_npz, read_npz
 from pipeline.errors import UserError
 
 
@@ -31,6 +33,13 @@ def test_npz_uint8_and_float(tmp_path):
     ("missing labels", {"images": np.zeros((1, 2, 2, 1), np.uint8)}, {"labels_key": "y"}, "no labels array 'y'"),
     ("bad labels", {"images": np.zeros((2, 2, 2, 1), np.uint8), "y": np.zeros(3)}, {"labels_key": "y"}, "labels must be"),
     ("not npz", b"hello", {}, "not a readable .npz"),
+    ("empty file", b"", {}, "not a readable .npz file (empty file"),
+    ("huge label", {"images": np.zeros((2, 2, 2, 1), np.uint8), "y": np.array([0, 10**9])}, {"labels_key": "y"},
+     "labels must be class indices below 100000, got 1000000000"),
+    ("label 2**32", {"images": np.zeros((2, 2, 2, 1), np.uint8), "y": np.array([0, 2**32])}, {"labels_key": "y"},
+     "below 100000, got 4294967296"),  # it wrapped to class 0
+    ("negative label", {"images": np.zeros((2, 2, 2, 1), np.uint8), "y": np.array([0, -3])}, {"labels_key": "y"},
+     "labels must be >= 0, got -3"),
 ])
 def test_npz_errors_are_one_line(tmp_path, case, arrays, kwargs, expect):
     path = tmp_path / "data.npz"
@@ -42,3 +51,27 @@ def test_npz_errors_are_one_line(tmp_path, case, arrays, kwargs, expect):
         load_npz(path, **kwargs)
     msg = str(err.value)
     assert "\n" not in msg and expect in msg, msg
+
+
+def test_a_npy_named_npz_and_a_header_declaring_more_than_it_holds_are_one_line(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((2, 2, 2, 1), np.uint8))
+    (tmp_path / "a.npy").rename(tmp_path / "a.npz")
+    with pytest.raises(UserError, match=r"a.npz: not a readable .npz file \(a .npy array"):
+        load_npz(tmp_path / "a.npz")
+    # a member whose .npy header claims 10^11 images but holds 16 bytes: refused before any allocation
+    header = "{'descr': '|u1', 'fortran_order': False, 'shape': (100000000000, 2, 2, 1), }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        z.writestr("images.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(16))
+    with pytest.raises(UserError, match="declares shape .100000000000, 2, 2, 1. .400000000000 bytes. but holds 16 bytes"):
+        load_npz(tmp_path / "big.npz")
+
+
+def test_read_npz_reads_all_arrays_from_a_path_or_bytes(tmp_path):
+    np.savez(tmp_path / "p.npz", a=np.arange(3.0), b=np.eye(2, dtype=np.float32))
+    out = read_npz(tmp_path / "p.npz")
+    assert sorted(out) == ["a", "b"] and out["b"].dtype == np.float32
+    same = read_npz("named.npz", data=(tmp_path / "p.npz").read_bytes())
+    np.testing.assert_array_equal(same["a"], out["a"])
+    with pytest.raises(UserError, match="^x.npz: not a readable thing"):
+        read_npz("x.npz", what="thing", data=b"")

@@ -35,8 +35,8 @@ def test_npz_splits_and_unconditional_data(npz_files, tmp_path):
 
 def test_check_data_reads_both_splits_and_compares_their_shapes(npz_files, tmp_path):
     train_npz, test_npz = npz_files
-    loading.check_data(loading.DataConfig())  # digits: nothing to check
-    loading.check_data(loading.DataConfig(name="npz", path=str(train_npz), test_path=str(test_npz)))
+    assert loading.check_data(loading.DataConfig()) == ((8, 8, 1), 10)  # the image shape and class count
+    assert loading.check_data(loading.DataConfig(name="npz", path=str(train_npz), test_path=str(test_npz))) == ((8, 8, 1), 10)
     small = tmp_path / "small.npz"
     np.savez(small, images=np.zeros((3, 4, 4, 1), np.uint8), labels=np.zeros(3, np.int64))
     with pytest.raises(UserError) as e:

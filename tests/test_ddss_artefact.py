@@ -1,6 +1,7 @@
 """The searched sampler as an artefact directory: written atomically and never overwritten, read
 back exactly (also from its search's run directory), refused with one line when it is not an
 artefact, torn, inconsistent or non-finite, and planned only for the model it was made for."""
+import hashlib
 import json
 
 import numpy as np
@@ -24,8 +25,9 @@ def test_round_trip_and_never_overwritten(tmp_path):
     params = _params()
     path = save_artefact(tmp_path / "run" / "sampler", params, {"gmm": "ring2d", "schedule": "cosine"})
     art = load_artefact(path)
+    digest = hashlib.sha256(open(f"{path}/params.npz", "rb").read()).hexdigest()
     assert art["meta"] == {"format": "ddss-ggdm/1", "sampler": "ggdm", "variant": "ggdm+pred+time", "K": 3,
-                           "gmm": "ring2d", "schedule": "cosine"}
+                           "gmm": "ring2d", "schedule": "cosine", "params_sha256": digest}
     assert sorted(art["params"]) == sorted(params)
     for k, v in params.items():
         np.testing.assert_array_equal(art["params"][k], v)
@@ -78,3 +80,70 @@ def test_plan_checks_the_model_and_carries_the_guidance(tmp_path):
         plan(path, AnalyticModel(gmm_preset("mix16d"), schedules.get("cosine")))
     with pytest.raises(UserError, match="made for a model with schedule cosine, but the teacher has linear"):
         plan(path, AnalyticModel(gmm_preset("ring2d"), schedules.get("linear")))
+
+
+def test_a_flipped_byte_in_params_is_a_checksum_mismatch(tmp_path):
+    """A flipped byte of params.npz, or a valid params.npz of other values put in its place, is
+    refused by meta.json's params_sha256; an artefact written without one loads as before."""
+    params = _params()
+    path = save_artefact(tmp_path / "a", params, {})
+    data = bytearray(open(f"{path}/params.npz", "rb").read())
+    data[len(data) // 2] ^= 0x01
+    with open(f"{path}/params.npz", "wb") as f:
+        f.write(data)
+    err = _refusal(path)
+    assert "checksum mismatch" in err and "corrupt" in err and "params.npz" in err
+    # a re-saved npz of other values, valid for np.load, is caught as well
+    other = {k: v + np.float32(1.0) for k, v in params.items()}
+    with open(f"{path}/params.npz", "wb") as f:
+        np.savez(f, **other)
+    assert "checksum mismatch" in _refusal(path)
+    # an artefact written before params_sha256 existed loads as before
+    meta = json.loads(open(f"{path}/meta.json").read())
+    del meta["params_sha256"]
+    with open(f"{path}/meta.json", "w") as f:
+        json.dump(meta, f)
+    np.testing.assert_array_equal(load_artefact(path)["params"]["sigma"], other["sigma"])
+    assert load_artefact(save_artefact(tmp_path / "b", params, {}))["meta"]["params_sha256"]
+
+
+def _rewrite(path, params_bytes=None, **meta_changes):
+    """Replace an artefact's params.npz bytes (its checksum recomputed, as a writer would) and/or
+    meta.json keys."""
+    meta = json.loads(open(f"{path}/meta.json").read())
+    if params_bytes is not None:
+        with open(f"{path}/params.npz", "wb") as f:
+            f.write(params_bytes)
+        meta["params_sha256"] = hashlib.sha256(params_bytes).hexdigest()
+    with open(f"{path}/meta.json", "w") as f:
+        json.dump({**meta, **meta_changes}, f)
+
+
+def test_params_that_are_no_npz_and_meta_of_wrong_types_are_one_line(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, _params()["sigma"])
+    for name, data, expect in (("npy", buf.getvalue(), "not a readable params.npz (a .npy array"),
+                               ("empty", b"", "not a readable params.npz (empty file")):
+        path = save_artefact(tmp_path / name, _params(), {})
+        _rewrite(path, data)
+        err = _refusal(path)
+        assert err.startswith(f"sampler artefact {path} is unreadable: ") and expect in err, err
+    for key, value, expect in (("guidance", "high", "'guidance' must be a finite number, got 'high'"),
+                               ("guidance", None, None), ("guidance", 2, None),
+                               ("data_shape", "8x8", "'data_shape' must be a list of positive integers"),
+                               ("data_shape", [8, 0, 1], "positive integers, got [8, 0, 1]"),
+                               ("schedule", 3, "'schedule' must be a schedule name"),
+                               ("K", "3", "'K' must be an integer >= 1, got '3'"),
+                               ("variant", ["ggdm"], "'variant' must be a string")):
+        path = save_artefact(tmp_path / f"{key}-{value!r}", _params(), {"schedule": "cosine", "guidance": 0.5})
+        _rewrite(path, **{key: value})
+        if expect is None:
+            assert load_artefact(path)["meta"][key] == value
+        else:
+            assert expect in _refusal(path)
+    deep = save_artefact(tmp_path / "deep", _params(), {})
+    with open(f"{deep}/meta.json", "w") as f:
+        f.write("[" * 100_000)
+    assert "is unreadable" in _refusal(deep)

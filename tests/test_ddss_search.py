@@ -178,3 +178,19 @@ def test_bad_input_is_one_line(tmp_path, uninterrupted):
     path = ddss.save_artefact(tmp_path / "a", ggdm.init_params(3, "ggdm"), {"teacher": "t"})
     p = ddss.load_ggdm(path)
     assert ggdm.variant_of(p) == "ggdm" and p["mu_x"].dtype == np.float32
+
+
+def test_resume_runs_on_the_workers_given_and_keeps_the_stored_config(tmp_path, monkeypatch):
+    from pipeline.distributed import spmd
+
+    ran = []
+    monkeypatch.setattr(spmd, "run_spmd", lambda loop, cfg, num_workers, **kw: ran.append(num_workers) or {})
+    run = tmp_path / "run"
+    stored = ddss.load_config(None, {**SEARCH, "workers": 2})
+    ddss.search(stored, run_dir=run)
+    assert ran == [2]
+    ddss.search(ddss.load_config(rundir.read_config(run), {"workers": 0}), run_dir=run, resume=True)
+    ddss.search(run_dir=run, resume=True)  # no config given: the stored workers
+    ddss.search(run_dir=run, resume=True, workers=1)
+    assert ran == [2, 0, 2, 1]
+    assert rundir.read_config(run)["workers"] == 2  # config.yaml: the workers the run started with

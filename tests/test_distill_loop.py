@@ -70,3 +70,37 @@ def test_sigkill_mid_round_then_resume_gives_the_uninterrupted_parameters(tiny_t
     a, b = load_student_params(str(killed), 0, like), load_student_params(str(clean), 0, like)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_diverging_round_stops_unfinished_without_a_student(tiny_teacher_dir, tmp_path, capsys):
+    """stage1.lr = 1e8 overflows the loss in a few steps: one line naming the step, exit 2; the
+    checkpoints kept are finite and older than that step; no student, not finished, so the next
+    round refuses to build on it."""
+    import re
+
+    from helpers import one_line_exit_2
+    from pipeline import checkpoint
+    from pipeline.app import cli
+
+    root = tmp_path / "d"
+    argv = ["distill", "--teacher", tiny_teacher_dir, "--dir", str(root), "--set", "distill.start_steps=4",
+            "--set", "distill.stage1.train_steps=20", "--set", "distill.stage1.batch=16",
+            "--set", "distill.stage1.lr=1.0e+8", "--set", "distill.checkpoint_every=1", "--set", "distill.log_every=5"]
+    rc = cli.main([*argv, "--round", "0"])
+    out = capsys.readouterr().err
+    err = out.strip().splitlines()[-1]  # after the progress bar: the error, one line
+    assert rc == 2 and "Traceback" not in out and "distillation round 0 diverged at step" in err, out
+    assert "distill.stage1.lr" in err
+    n = int(re.search(r"at step (\d+)", err).group(1))
+    d = rounds.round_dir(str(root), 0)
+    assert not rundir.read_results(d).get("finished")
+    assert not os.path.exists(rounds.student_dir(str(root), 0))
+    ck = os.path.join(d, rundir.CHECKPOINTS)
+    steps = sorted(int(s) for s in os.listdir(ck) if s.isdigit())
+    assert max(steps, default=0) < n, (steps, err)
+    like = tmodel.load_teacher(tiny_teacher_dir).params
+    target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), like)}
+    for s in steps:
+        params = checkpoint.read_subtree(ck, target, step=s)["params"]
+        assert all(bool(np.all(np.isfinite(np.asarray(a)))) for a in jax.tree.leaves(params)), s
+    one_line_exit_2([*argv, "--round", "1"], capsys, "round 0")

@@ -97,7 +97,8 @@ def test_train_step_applies_the_whole_batch_gradient_and_returns_global_arrays()
     want = params
     for s in (STEP, STEP + 1):  # the second step draws from fold_in(key, STEP + 1)
         want_loss, want_grads = reference(want, aux, x, y, step=s)
-        state, loss = step(state, (x, y), slice(0, B), aux=_replicated(mesh, aux))
+        state, loss, ok = step(state, (x, y), slice(0, B), aux=_replicated(mesh, aux))
+        assert bool(ok)
         want = jax.tree.map(lambda p, g: np.asarray(p - 0.1 * g), want, want_grads)
         np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
         for k in ("w", "b"):

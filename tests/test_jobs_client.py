@@ -137,3 +137,38 @@ def test_run_job_exit_codes(capsys):
     assert capsys.readouterr().err == "error: bad input\n"
     with pytest.raises(ZeroDivisionError):
         jobs_client.run_job(lambda argv: 1 / 0, [])
+
+
+def test_a_job_name_must_be_a_name_from_jobs(root):
+    """A path (or a private jobs/_NAME.py) is no job: refused in one line listing the jobs, and the
+    file it names is never run."""
+    (root / "x.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    (root / "jobs" / "sub").mkdir()
+    (root / "jobs" / "sub" / "y.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    for name in ("../x", str(root / "x"), "sub/y", "./check", "_helper", "check.py", ""):
+        with pytest.raises(UserError) as e:
+            jobs_client.import_job(name, root)
+        assert str(e.value) == f"no job {name!r} in {root / 'jobs'}; jobs: check, plain"
+        with pytest.raises(UserError, match="no job"):
+            jobs_client.check_job_config(name, "configs/check.yaml", root)
+    assert not list(root.rglob("*.ran"))
+
+
+def test_submit_passes_the_allowed_model_packages_to_the_job(root, monkeypatch):
+    from pipeline.models import build
+
+    assert jobs_client.ALLOW_ENV == build.ALLOW_ENV
+    sent = []
+
+    class Client:
+        def submit_job(self, **kw):
+            sent.append(kw)
+            return "job-1"
+
+    monkeypatch.setattr(jobs_client, "client", lambda address: Client())
+    monkeypatch.delenv(build.ALLOW_ENV, raising=False)
+    jobs_client.submit("plain", "h:1", config_path="configs/check.yaml", root=root)
+    monkeypatch.setenv(build.ALLOW_ENV, "mypkg,other.models")
+    jobs_client.submit("plain", "h:1", config_path="configs/check.yaml", root=root)
+    assert "env_vars" not in sent[0]["runtime_env"]
+    assert sent[1]["runtime_env"]["env_vars"] == {build.ALLOW_ENV: "mypkg,other.models"}

@@ -64,3 +64,16 @@ def test_class_and_time_conditioning_change_output(unet):
     assert not np.allclose(base, apply(p, x, t + 0.05, jnp.zeros(B, jnp.int32)), atol=1e-4)
     # y=None means the null class
     np.testing.assert_array_equal(apply(p, x, t), apply(p, x, t, jnp.full((B,), null_label(10))))
+
+
+def test_sizes_no_machine_could_build_are_one_line():
+    import pytest
+
+    from pipeline.errors import UserError
+    from pipeline.models.unet import UNet
+
+    for kwargs, key in [({"num_res_blocks": 2**31}, "num_res_blocks"), ({"ch": 2**31}, "ch"), ({"ch": 0}, "ch"),
+                        ({"ch_mult": (1, 10**6)}, "ch_mult"), ({"num_classes": -1}, "num_classes")]:
+        with pytest.raises(UserError, match=f"model.kwargs.{key}'"):
+            UNet(**kwargs)
+    assert UNet(ch=8, ch_mult=(1,), num_res_blocks=0).ch == 8

@@ -83,3 +83,75 @@ def test_require_run_dir(tmp_path, monkeypatch):
         rundir.require_run_dir("empty", what="student")
     rundir.write_config(tmp_path / "run", {"a": 1})
     assert rundir.require_run_dir("run") == str(tmp_path / "run")
+
+
+def test_lock_is_one_writer_per_run_directory(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    with rundir.lock(d, "job one", new=True):
+        assert os.listdir(d) == [rundir.LOCK]
+        with pytest.raises(UserError, match=rf"^{d} is in use by job one \(host .*, pid {os.getpid()}, started "):
+            with rundir.lock(d, "job two"):
+                pass
+        (d / "config.yaml").write_text("a: 1\n")
+    assert os.listdir(d) == ["config.yaml"]  # released
+    # a new run that finds the directory filled once it holds the lock is refused, and leaves it as it was
+    with pytest.raises(UserError, match="is not empty"):
+        with rundir.lock(d, "a new run", new=True):
+            pass
+    assert os.listdir(d) == ["config.yaml"]
+    with rundir.lock(d, "a resumed run"):  # resuming (new=False) is fine
+        pass
+
+
+def _chattr(flag, path) -> bool:
+    """chattr +i / -i (an immutable folder: read-only even for root); False where not permitted."""
+    import subprocess
+
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def test_a_run_dir_that_cannot_be_made_or_written_is_one_line_and_leaves_nothing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for path, reason in ((tmp_path / "file" / "sub" / "run", "Not a directory"), ("/proc/x", "/proc/x")):
+        with pytest.raises(UserError, match=f"^cannot create the run directory .*{reason}") as e:
+            rundir.prepare(path)
+        assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="^cannot create the run directory /proc/self/runs/t-"):
+        rundir.prepare(None, root="/proc/self/runs", prefix="t")
+    with pytest.raises(UserError, match="^cannot write in the run directory /proc/self"):
+        rundir.check_writable("/proc/self")
+    assert sorted(os.listdir(tmp_path)) == ["file"] and (tmp_path / "file").read_text() == "x"
+
+    frozen = tmp_path / "frozen"  # an empty immutable folder: exists, but nothing can be written in it
+    frozen.mkdir()
+    if not _chattr("+i", frozen):
+        pytest.skip("chattr +i is not permitted here")
+    try:
+        with pytest.raises(UserError, match=f"^cannot write in the run directory {frozen}: Operation not permitted$"):
+            rundir.prepare(frozen)
+        with pytest.raises(UserError, match="^cannot create the run directory"):
+            rundir.prepare(frozen / "a" / "b")
+        assert os.listdir(frozen) == []
+    finally:
+        _chattr("-i", frozen)
+
+
+def test_results_json_that_is_not_an_object_is_refused_and_never_replaced(tmp_path):
+    for text, kind in (("[]", "list"), ("3", "int"), ('"x"', "str"), ("null", "NoneType")):
+        (tmp_path / "results.json").write_text(text)
+        with pytest.raises(UserError, match=f"results.json holds a JSON {kind}, not an object of results"):
+            rundir.read_results(tmp_path)
+        with pytest.raises(UserError, match="move it away"):
+            rundir.update_results(tmp_path, {"a": 1})
+        assert (tmp_path / "results.json").read_text() == text
+    assert sorted(os.listdir(tmp_path)) == ["results.json"]  # not even the lock file
+    (tmp_path / "results.json").write_bytes(b"\xff\xfe{")  # not UTF-8
+    with pytest.raises(UserError, match="is not valid JSON"):
+        rundir.read_results(tmp_path)
+    (tmp_path / "results.json").write_text("[" * 100_000)  # nested past Python's recursion limit
+    with pytest.raises(UserError, match="is not valid JSON"):
+        rundir.read_results(tmp_path)

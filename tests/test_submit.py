@@ -180,3 +180,16 @@ def test_entrypoint_and_excludes():
         "python jobs/evaluate.py --config configs/evaluate.yaml --set w=0.5")
     for heavy in (".venv", ".venv-tfgan", "runs", ".git", "bench/out"):
         assert heavy in jobs_client.EXCLUDES
+
+
+def test_submit_refuses_a_path_as_job_name(capsys, tmp_path):
+    """`ddss submit ../../x` names a file outside jobs/: one line listing the jobs; the file is
+    never run and no cluster is contacted (the address is a dead port)."""
+    from helpers import one_line_exit_2
+
+    (tmp_path / "x.py").write_text("open(__file__ + '.ran', 'w').close()\n")
+    rel = os.path.relpath(tmp_path / "x", ROOT / "jobs")  # ../../../tmp/.../x
+    err = one_line_exit_2(["submit", rel, "--address", "http://127.0.0.1:9"], capsys, f"no job {rel!r}", "jobs: ")
+    assert all(n in err for n in jobs_client.job_names())
+    one_line_exit_2(["submit", str(tmp_path / "x"), "--address", "http://127.0.0.1:9"], capsys, "no job")
+    assert not (tmp_path / "x.py.ran").exists()

@@ -1,8 +1,9 @@
 """The `ddss` command. Each subcommand lives in pipeline/app/commands/<module>.py and defines
 NAME, HELP, EXAMPLE, add_arguments(parser) and run(args) -> int.
 
-Bad input (pipeline.errors.UserError) and a sampler that diverges (SamplerDiverged) print one
-line and exit with code 2.
+Bad input (pipeline.errors.UserError), a sampler that diverges (SamplerDiverged), a Ray cluster
+that refuses the auth token (AuthenticationError) and running out of memory (MemoryError) print
+one line and exit with code 2.
 """
 from __future__ import annotations
 
@@ -36,6 +37,22 @@ EXAMPLES = """examples:
 `ddss COMMAND --help` shows each command's options and an example."""
 
 
+# Commands that build models named by a config (a shared run directory's too): they take
+# --allow-module PKG, which adds PKG to DDSS_ALLOW_MODULES (pipeline.models.build).
+MODEL_COMMANDS = ("train-teacher", "search", "distill", "evaluate", "sample", "submit")
+
+
+class _AllowModule(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        from pipeline.models.build import allow_modules
+
+        try:
+            allow_modules([values])
+        except UserError as e:
+            parser.error(str(e))
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+
+
 MAX_MESSAGE = 500  # characters of an error line (library messages can quote whole specs)
 
 
@@ -50,6 +67,12 @@ def _sampler_errors() -> tuple:
     the others need not import JAX for this)."""
     core = sys.modules.get("pipeline.samplers.registry")
     return (core.SamplerDiverged,) if core is not None else ()
+
+
+def _auth_errors() -> tuple:
+    """Ray's AuthenticationError, if Ray was imported (a command that reached a cluster has)."""
+    exc = sys.modules.get("ray.exceptions")
+    return (exc.AuthenticationError,) if exc is not None and hasattr(exc, "AuthenticationError") else ()
 
 
 def _load_commands():
@@ -75,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         mod.add_arguments(p)
+        if mod.NAME in MODEL_COMMANDS:
+            p.add_argument("--allow-module", action=_AllowModule, metavar="PKG",
+                           help="build models (config model.import_path) from package PKG too, besides pipeline's: "
+                                "only for code you trust (repeatable; also DDSS_ALLOW_MODULES=PKG,PKG)")
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -88,7 +115,14 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except Exception as e:
-        if not isinstance(e, (UserError, *_sampler_errors())):
+        auth = _auth_errors()
+        if isinstance(e, auth):  # a missing or wrong Ray auth token
+            first = (getattr(e, "message", "") or type(e).__name__).strip().splitlines()[0]
+            e = UserError(f"the Ray cluster refused the request: {first} (give the cluster's token in RAY_AUTH_TOKEN "
+                          "or in the file named by RAY_AUTH_TOKEN_PATH)")
+        elif isinstance(e, MemoryError):  # a size no bound caught: its numbers in one line, no traceback
+            e = UserError(f"out of memory: {e or 'MemoryError'}; ask for fewer samples, steps or a smaller batch")
+        elif not isinstance(e, (UserError, *_sampler_errors())):
             raise
         print(f"ddss {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -9,12 +9,14 @@ import os
 import time
 
 from pipeline import config, rundir
+from pipeline.config import MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_STEPS
 from pipeline.app.artefacts import eval_spec as artefact_spec
 from pipeline.errors import UserError
 from pipeline.evaluation.problems import teacher_problem
 from pipeline.evaluation.spec import split_sampler
 
 METRICS_BACKENDS = ("jax", "tfgan")
+MAX_WORKERS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +49,21 @@ class EvaluateConfig:
         config.check(bool(self.teacher), "teacher", "give the teacher's run directory (--teacher RUN_DIR)")
         name, sep, artefact = self.sampler.partition(":")
         config.check(bool(name) and (not sep or bool(artefact)), "sampler", f"expected NAME or NAME:ARTEFACT, got {self.sampler!r}")
-        config.check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        config.check(self.num_samples >= 2, "num_samples", f"must be >= 2 (KID needs two), got {self.num_samples}")
+        config.check(1 <= self.steps <= MAX_STEPS, "steps", f"must be in [1, {MAX_STEPS}], got {self.steps}")
+        config.check(2 <= self.num_samples <= MAX_SAMPLES, "num_samples",
+                     f"must be in [2, {MAX_SAMPLES}] (KID needs two), got {self.num_samples}")
+        config.check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2**32 - 1], got {self.seed}")
         config.check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
         config.check(self.w is None or math.isfinite(self.w), "w", f"must be a finite guidance weight, got {self.w}")
-        config.check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        config.check(1 <= self.batch_size <= MAX_BATCH, "batch_size", f"must be in [1, {MAX_BATCH}], got {self.batch_size}")
         config.check(self.kid_samples is None or self.kid_samples >= 2, "kid_samples", "must be >= 2")
         config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}")
         config.check(self.metrics_backend in METRICS_BACKENDS, "metrics_backend",
                      f"must be one of {', '.join(METRICS_BACKENDS)}, got {self.metrics_backend!r}")
+        config.check(self.workers <= MAX_WORKERS, "workers", f"must be <= {MAX_WORKERS}, got {self.workers}")
         for key in ("worker_cpus", "worker_gpus", "worker_tpus"):
-            config.check(getattr(self, key) >= 0, key, "must be >= 0")
+            config.check(math.isfinite(getattr(self, key)) and getattr(self, key) >= 0, key,
+                         f"must be a finite number >= 0, got {getattr(self, key)}")
         config.check(self.max_failures >= 0, "max_failures", "must be >= 0")
 
     def result_key(self) -> str:
@@ -90,6 +96,11 @@ def run_evaluations(cfgs, address: str | None = None, progress: bool = True, poo
         results_dir = os.path.abspath(cfg.results_dir or teacher)
         if not os.path.isdir(results_dir):
             raise UserError(f"results directory not found: {cfg.results_dir}")
+        # results.json is written at the end: a read-only folder (or a bad results.json) is
+        # refused now, before any sampling
+        rundir.check_writable(results_dir, "results directory" if cfg.results_dir else
+                              "teacher run directory (give --results-dir D for the results)")
+        rundir.read_results(results_dir)
         samplers.get(split_sampler(cfg.sampler)[0])  # one line naming the valid samplers
         specs.append(eval_spec(cfg))
         dirs.append((teacher, results_dir))

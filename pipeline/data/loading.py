@@ -54,18 +54,17 @@ def load_data(cfg: DataConfig, split: str):
         raise UserError(f"config key {key!r}: {path}[{cfg.key!r}] holds no images")
     if labels is None:
         labels = np.zeros(len(images), np.int32)  # unconditional: one class (the null label is 1)
-    elif labels.min() < 0:
-        raise UserError(f"{path}[{cfg.labels_key!r}]: labels must be >= 0, got {labels.min()}")
     return np.asarray(images, np.float32), np.asarray(labels, np.int32)
 
 
-def check_data(cfg: DataConfig) -> None:
-    """Load both splits once, so that a missing or bad .npz (or a test split of another image
-    shape) fails with one line before a run directory is made; digits needs no check."""
-    if cfg.name == "digits":
-        return
-    train_x, _ = load_data(cfg, "train")
-    test_x, _ = load_data(cfg, "test")
-    if test_x.shape[1:] != train_x.shape[1:]:
-        raise UserError(f"config key 'data.test_path': its images are {'x'.join(map(str, test_x.shape[1:]))}, "
-                        f"the training images {'x'.join(map(str, train_x.shape[1:]))}")
+def check_data(cfg: DataConfig) -> tuple[tuple, int]:
+    """(image shape [H, W, C], class count) of the training data, after loading both splits once,
+    so that a missing or bad .npz (or a test split of another image shape) fails with one line
+    before a run directory is made."""
+    train_x, train_y = load_data(cfg, "train")
+    if cfg.name != "digits":
+        test_x, _ = load_data(cfg, "test")
+        if test_x.shape[1:] != train_x.shape[1:]:
+            raise UserError(f"config key 'data.test_path': its images are {'x'.join(map(str, test_x.shape[1:]))}, "
+                            f"the training images {'x'.join(map(str, train_x.shape[1:]))}")
+    return tuple(train_x.shape[1:]), int(train_y.max()) + 1

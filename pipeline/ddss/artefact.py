@@ -1,17 +1,21 @@
 """A searched sampler as a named artefact: a directory with the GGDM parameters as params.npz
-(plain arrays, no pickle) and meta.json (K, variant, schedule, teacher, search figures).
+(plain arrays, no pickle) and meta.json (K, variant, schedule, teacher, search figures, and
+params_sha256: the SHA-256 of params.npz, verified on load; older artefacts have none).
 
     samplers.sample("ggdm", eps_fn, sched, x_T, steps=K, key=key, params=load_ggdm(path))
     ddss evaluate --sampler ggdm:PATH ...
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import math
 import os
-import zipfile
 
 import numpy as np
 
+from pipeline.data.arrays import read_npz
 from pipeline.errors import UserError
 from pipeline.io import atomic_dir
 from pipeline.samplers import ggdm
@@ -28,9 +32,13 @@ def save_artefact(path, params, meta: dict) -> str:
     with atomic_dir(path, "sampler artefact") as tmp:
         variant = ggdm.variant_of(params)
         arrays = {k: np.asarray(v) for k, v in params.items()}
-        meta = {"format": FORMAT, "sampler": "ggdm", "variant": variant, "K": ggdm.num_steps(arrays), **meta}
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        meta = {"format": FORMAT, "sampler": "ggdm", "variant": variant, "K": ggdm.num_steps(arrays), **meta,
+                "params_sha256": hashlib.sha256(data).hexdigest()}
         with open(os.path.join(tmp, PARAMS), "wb") as f:
-            np.savez(f, **arrays)
+            f.write(data)
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -46,21 +54,55 @@ def load_artefact(path) -> dict:
     if not os.path.isfile(os.path.join(path, META)) or not os.path.isfile(os.path.join(path, PARAMS)):
         raise UserError(f"{path} is not a DDSS sampler artefact (needs {META} and {PARAMS})")
     try:
-        with open(os.path.join(path, META)) as f:
-            meta = json.load(f)
-        with np.load(os.path.join(path, PARAMS), allow_pickle=False) as z:
-            params = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        with open(os.path.join(path, META), "rb") as f:
+            meta = json.loads(f.read())
+        with open(os.path.join(path, PARAMS), "rb") as f:
+            data = f.read()
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON or not UTF-8
         raise UserError(f"sampler artefact {path} is unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    recorded = meta.get("params_sha256") if isinstance(meta, dict) else None
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        raise UserError(f"sampler artefact {path} is unreadable (corrupt): {PARAMS} checksum mismatch, "
+                        f"its SHA-256 differs from meta.json's params_sha256")
+    try:  # an .npz of plain arrays: not empty, not a bare .npy, no pickles
+        params = read_npz(os.path.join(path, PARAMS), what=PARAMS, data=data)
+    except UserError as e:
+        raise UserError(f"sampler artefact {path} is unreadable: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise UserError(f"sampler artefact {path} has format {found!r}, expected {FORMAT!r}")
+    _check_meta(path, meta)
     _check_params(path, params)
     variant = ggdm.variant_of(params)
     if variant != meta.get("variant") or ggdm.num_steps(params) != meta.get("K"):
         raise UserError(f"sampler artefact {path}: params.npz ({variant}, K={ggdm.num_steps(params)}) "
                         f"disagrees with meta.json ({meta.get('variant')}, K={meta.get('K')})")
     return {"params": params, "meta": meta}
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# meta.json keys the artefact's users read: (test, what it must be); absent or null: not recorded
+_META_TYPES = {
+    "sampler": (lambda v: v == "ggdm", '"ggdm"'),
+    "variant": (lambda v: isinstance(v, str), "a string"),
+    "K": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "schedule": (lambda v: v is None or isinstance(v, str), "a schedule name"),
+    "data_shape": (lambda v: v is None or (isinstance(v, list) and bool(v) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v)), "a list of positive integers"),
+    "guidance": (lambda v: v is None or (_number(v) and math.isfinite(v)), "a finite number"),
+}
+
+
+def _check_meta(path, meta: dict):
+    """UserError unless meta.json's values have the types its readers expect."""
+    for key, (ok, what) in _META_TYPES.items():
+        if key in meta and not ok(meta[key]):
+            shown = repr(meta[key])
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise UserError(f"sampler artefact {path}: meta.json {key!r} must be {what}, got {shown}")
 
 
 def _check_params(path, params: dict):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from pipeline import config, schedules
 from pipeline.data.gmm import PRESETS
@@ -40,21 +41,24 @@ class SearchConfig:
     def validate(self):
         config.check(bool(self.teacher) != bool(self.gmm), "teacher", "give exactly one of teacher (a run directory) or gmm (a preset)")
         config.check(not self.gmm or self.gmm in PRESETS, "gmm", f"must be one of {', '.join(PRESETS)}, got {self.gmm!r}")
-        config.check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        config.check_range(self.steps, 1, 1000, "steps", " (a GGDM sampler of K steps holds K x K mixing weights)")
         config.check(self.variant in ggdm.VARIANTS, "variant", f"must be one of {', '.join(ggdm.VARIANTS)}, got {self.variant!r}")
         config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}, got {self.stride!r}")
         config.check(self.remat in ggdm.REMAT, "remat", f"must be one of {', '.join(ggdm.REMAT)}, got {self.remat!r}")
-        config.check(self.batch_size >= 2, "batch_size", f"must be >= 2 (KID needs two samples), got {self.batch_size}")
-        config.check(self.train_steps >= 0, "train_steps", f"must be >= 0, got {self.train_steps}")
-        config.check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        config.check(self.clip_norm > 0, "clip_norm", f"must be > 0, got {self.clip_norm}")
+        config.check_range(self.batch_size, 2, config.MAX_BATCH, "batch_size", " (KID needs two samples)")
+        config.check_range(self.train_steps, 0, config.MAX_STEPS, "train_steps")
+        config.check(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate",
+                     f"must be a positive finite number, got {self.learning_rate}")
+        config.check(self.clip_norm > 0 and math.isfinite(self.clip_norm), "clip_norm",
+                     f"must be a positive finite number, got {self.clip_norm}")
         config.check(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
-        config.check(self.eval_samples >= 2, "eval_samples", f"must be >= 2, got {self.eval_samples}")
+        config.check_range(self.eval_samples, 2, config.MAX_SAMPLES, "eval_samples")
         config.check(self.select_by in SELECT_BY, "select_by", f"must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         config.check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
         config.check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         config.check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
-        config.check(self.reference_samples >= 2, "reference_samples", f"must be >= 2, got {self.reference_samples}")
+        config.check_range(self.reference_samples, 2, config.MAX_SAMPLES, "reference_samples")
+        config.check_range(self.seed, 0, config.MAX_SEED, "seed")
 
 
 def load(source=None, overrides: dict | None = None) -> SearchConfig:

@@ -13,6 +13,7 @@ The result is the best parameters as a sampler artefact, RUN_DIR/sampler.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -163,21 +164,26 @@ def search_loop(ctx) -> dict:
 
 def search(cfg: SearchConfig | None = None, *, run_dir=None, resume: bool = False, workers: int | None = None,
            address: str | None = None) -> dict:
-    """Run a search as an SPMD job: `workers` Ray Train workers (0: in this process, no Ray).
-    resume=True continues RUN_DIR from its latest checkpoint with its stored config (`cfg`, if
-    given, must agree with it except in run_dir/resume/workers). Returns the loop's result."""
+    """Run a search as an SPMD job: `workers` Ray Train workers (0: in this process, no Ray;
+    default cfg.workers). resume=True continues RUN_DIR from its latest checkpoint with its
+    stored config (`cfg`, if given, must agree with it except in run_dir/resume/workers, and its
+    workers are used; config.yaml keeps the workers the run started with). Returns the loop's
+    result."""
     from pipeline.distributed.spmd import run_spmd
 
     if cfg is None and not resume:
         raise UserError("give a search config (or resume=True with the run directory)")
     run_dir = run_dir if run_dir is not None else (cfg.run_dir if cfg is not None else None)
-    run_dir = rundir.prepare(run_dir, resume=resume or bool(cfg and cfg.resume), prefix="ddss")
-    if resume or (cfg is not None and cfg.resume):
-        stored = config.load(SearchConfig, rundir.read_config(run_dir))
-        if cfg is not None:
-            config.check_resume(config.to_dict(stored), config.to_dict(cfg), INVOCATION, run_dir)
-        cfg = stored
-    else:
-        rundir.write_config(run_dir, cfg)
-    workers = cfg.workers if workers is None else workers
-    return run_spmd(search_loop, config.to_dict(cfg), num_workers=workers, run_dir=run_dir, address=address)
+    resume = resume or bool(cfg and cfg.resume)
+    run_dir = rundir.prepare(run_dir, resume=resume, prefix="ddss")
+    with rundir.lock(run_dir, "DDSS search", new=not resume):  # one writer per run directory
+        if resume:
+            stored = config.load(SearchConfig, rundir.read_config(run_dir))
+            if cfg is not None:
+                config.check_resume(config.to_dict(stored), config.to_dict(cfg), INVOCATION, run_dir)
+                stored = dataclasses.replace(stored, workers=cfg.workers)  # this invocation's, not the stored
+            cfg = stored
+        else:
+            rundir.write_config(run_dir, cfg)
+        workers = cfg.workers if workers is None else workers
+        return run_spmd(search_loop, config.to_dict(cfg), num_workers=workers, run_dir=run_dir, address=address)

@@ -40,17 +40,18 @@ class DistillConfig:
 
     def validate(self):
         n = self.start_steps
-        config.check(n >= 1 and n & (n - 1) == 0, "start_steps", f"must be a power of two >= 1, got {n}")
+        config.check(1 <= n <= 4096 and n & (n - 1) == 0, "start_steps", f"must be a power of two in [1, 4096], got {n}")
         config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}, got {self.stride!r}")
         config.check(-20.0 <= self.logsnr_start <= 0.0, "logsnr_start", f"must be in [-20, 0], got {self.logsnr_start}")
         config.check(math.isfinite(self.w_min) and 0.0 <= self.w_min <= self.w_max, "w_min", f"need 0 <= w_min <= w_max, got [{self.w_min}, {self.w_max}]")
         config.check(math.isfinite(self.w_max), "w_max", f"must be finite, got {self.w_max}")
         for name in ("stage1", "rounds"):
             st = getattr(self, name)
-            config.check(st.train_steps >= 1, f"{name}.train_steps", f"must be >= 1, got {st.train_steps}")
-            config.check(st.lr > 0 and math.isfinite(st.lr), f"{name}.lr", f"must be a positive number, got {st.lr}")
-            config.check(st.batch >= 1, f"{name}.batch", f"must be >= 1, got {st.batch}")
-        config.check(self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
+            config.check_range(st.train_steps, 1, config.MAX_STEPS, f"{name}.train_steps")
+            config.check(st.lr > 0 and math.isfinite(st.lr), f"{name}.lr", f"must be a positive finite number, got {st.lr}")
+            config.check_range(st.batch, 1, config.MAX_BATCH, f"{name}.batch")
+        config.check(self.grad_clip > 0 and math.isfinite(self.grad_clip), "grad_clip",
+                     f"must be a positive finite number, got {self.grad_clip}")
         config.check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
         config.check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
 

@@ -6,7 +6,9 @@ Each process differentiates its rows of the global batch and the processes avera
 gradient (pipeline.distributed.grads); parameters and the teacher are replicated, so the
 gradient is the global-batch gradient. Data rows and every random draw are functions of
 (seed, round, step), so a round resumed from its latest checkpoint ends with the same
-parameters as an uninterrupted one.
+parameters as an uninterrupted one. A non-finite loss or gradient stops the round with
+checkpoint.TrainingDiverged naming the step: its last good checkpoint stays, its student is not
+written and it is not marked finished.
 """
 from __future__ import annotations
 
@@ -49,9 +51,10 @@ def make_loss(cfg: dconfig.DistillConfig, r: int, teacher):
 
 
 def make_train_step(loss_fn, optimizer, mesh, batch: int):
-    """step(state, teacher_params, x0, y, rows) -> (state, loss): one Adam step on the global
+    """step(state, teacher_params, x0, y, rows) -> (state, loss, ok): one Adam step on the global
     batch of `batch` rows (this process holds its `rows`, NumPy x0 and y; pipeline.distributed.grads); row i
-    draws its noise from example_keys(fold_in(state["key"], step), batch)[i]."""
+    draws its noise from example_keys(fold_in(state["key"], step), batch)[i]; ok: the loss and
+    the gradient norm are finite."""
     from pipeline.distributed.grads import ProcessGradients
 
     grads = ProcessGradients(lambda p, teacher, b: loss_fn(p, teacher, *b), mesh)
@@ -95,12 +98,17 @@ def round_loop(ctx) -> dict:
     teacher_rep = ctx.replicate(teacher_params)
     step_fn = make_train_step(make_loss(cfg, r, teacher), optimizer, ctx.mesh, stage.batch)
     t0, done, loss = time.time(), 0, None
+    key = "stage1" if r == 0 else "rounds"
+    guard = checkpoint.FiniteGuard(ck, f"distillation round {r}", f"distill.{key}.lr or distill.grad_clip")
     with ctx.progress(stage.train_steps, start, f"round {r} ({cfg.steps_of(r)} steps)") as bar:
         for step in range(start, stage.train_steps):
             idx = batch_rows(cfg.seed, r, step, len(images), stage.batch)
             rows = ctx.local_rows(stage.batch)
-            state, loss = step_fn(state, teacher_rep, images[idx[rows]], labels[idx[rows]], rows)
+            state, loss, ok = step_fn(state, teacher_rep, images[idx[rows]], labels[idx[rows]], rows)
             done, n = done + 1, step + 1
+            # checked one step late, but at once before anything of step n is logged or saved
+            last = n == stage.train_steps
+            guard.step(n, ok, loss, now=n % cfg.log_every == 0 or n % cfg.checkpoint_every == 0 or last)
             if n % cfg.log_every == 0 or n == stage.train_steps:
                 rate = done / (time.time() - t0)
                 loss_v = float(loss)

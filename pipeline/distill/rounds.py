@@ -8,7 +8,10 @@
     ROOT/round-RR/metrics.jsonl, results.json   ({"round", "steps", "finished": true, ...})
 
 ROOT defaults to <teacher run>/distill. Round r >= 1 starts from round r-1's student, so it
-refuses to run before round r-1 has finished. Nothing here imports JAX or Ray.
+refuses to run before round r-1 has finished. Every round of ROOT is made with one config: a
+job whose config differs from the one the existing rounds recorded is refused (only `dir`, where
+ROOT is, may differ; the job's own keys, workers, round, until, max_rounds, are not part of
+the config). Nothing here imports JAX or Ray.
 """
 from __future__ import annotations
 
@@ -20,13 +23,32 @@ from pipeline.distill.config import DistillConfig
 from pipeline.errors import UserError
 
 STUDENT = "student"
+MAY_DIFFER = ("dir",)  # DistillConfig keys that may differ between the rounds of one ROOT (a moved ROOT)
 
 
 def root_dir(cfg: DistillConfig) -> str:
-    """The folder holding every round's run directory."""
+    """The folder holding every round's run directory; refused (one line) when rounds already
+    there were made with another config (check_chain)."""
     if not cfg.teacher and not cfg.dir:
         raise UserError("no teacher: pass --teacher RUN_DIR (the guided teacher's run directory)")
-    return os.path.abspath(cfg.dir or os.path.join(cfg.teacher, "distill"))
+    root = os.path.abspath(cfg.dir or os.path.join(cfg.teacher, "distill"))
+    check_chain(cfg, root)
+    return root
+
+
+def check_chain(cfg: DistillConfig, root: str):
+    """A one-line UserError if a round under `root` recorded a config other than cfg (in any key
+    but MAY_DIFFER): the rounds of a chain build on each other, so they must share one config."""
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    names = [n for n in names if n.startswith("round-") and n[6:].isdigit()]
+    given = to_dict(cfg)
+    for name in names:
+        d = os.path.join(root, name)
+        if os.path.isfile(os.path.join(d, rundir.CONFIG)):
+            stored = rundir.read_config(d).get("distill")
+            check_resume(stored if isinstance(stored, dict) else {}, given, MAY_DIFFER, f"the rounds in {root}",
+                         hint=f"the rounds of a distillation share one config (see {d}/{rundir.CONFIG}): "
+                              "give the same --config and --set, or pass --dir for a new distillation")
 
 
 def round_dir(root: str, r: int) -> str:
@@ -83,11 +105,13 @@ def round_record(cfg: DistillConfig, r: int) -> dict:
 
 def prepare_round(cfg: DistillConfig, root: str, r: int) -> str:
     """Round r's run directory, created with its config.yaml, or reopened to resume when its
-    config.yaml matches; a directory written by another config is refused with one line."""
+    config.yaml matches; a directory written by another config is refused with one line, and so
+    is cfg if another round recorded another config (checked again here, under the round's lock)."""
+    check_chain(cfg, root)
     d = round_dir(root, r)
     record = round_record(cfg, r)
     if os.path.isfile(os.path.join(d, rundir.CONFIG)):
-        check_resume(rundir.read_config(d), record, (), d,
+        check_resume(rundir.read_config(d), record, tuple(f"distill.{k}" for k in MAY_DIFFER), d,
                      hint="it was started with another config: resume it with the same config or pass --dir "
                           "for a new distillation")
         return d

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from pipeline import rundir
+from pipeline import lock, rundir
 from pipeline.config import to_dict
 from pipeline.distill import rounds
 from pipeline.distill.config import DistillConfig, JobConfig
@@ -29,14 +29,22 @@ def run_round(cfg: DistillConfig, r: int, *, workers: int = 0, address: str | No
     cfg = _checked(cfg)
     root = rounds.root_dir(cfg)
     rounds.check_round(cfg, root, r)
-    if rounds.is_finished(root, r):
-        log(f"round {r} ({cfg.steps_of(r)} steps) already finished in {rounds.round_dir(root, r)}")
-        return rundir.read_results(rounds.round_dir(root, r))
-    d = rounds.prepare_round(cfg, root, r)
-    log(f"round {r}: {cfg.steps_of(r)}-step student in {d}")
-    run_spmd(round_loop, {"distill": to_dict(cfg), "round": r, "root": root}, num_workers=workers,
-             run_dir=d, address=address, resources_per_worker={"GPU": worker_gpus} if worker_gpus else None)
-    return rundir.read_results(d)
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the distillation folder {root}: {e.strerror or e}") from None
+    # one writer per round, from before its config.yaml is written until its results are: the lock
+    # file lies beside the round's directory, which must be empty when it is new
+    with lock.hold(os.path.join(root, f".round-{r:02d}.lock"), f"distillation round {r}",
+                   target=rounds.round_dir(root, r), log=log):
+        if rounds.is_finished(root, r):
+            log(f"round {r} ({cfg.steps_of(r)} steps) already finished in {rounds.round_dir(root, r)}")
+            return rundir.read_results(rounds.round_dir(root, r))
+        d = rounds.prepare_round(cfg, root, r)
+        log(f"round {r}: {cfg.steps_of(r)}-step student in {d}")
+        run_spmd(round_loop, {"distill": to_dict(cfg), "round": r, "root": root}, num_workers=workers,
+                 run_dir=d, address=address, resources_per_worker={"GPU": worker_gpus} if worker_gpus else None)
+        return rundir.read_results(d)
 
 
 def run_until(cfg: DistillConfig, steps: int, *, max_rounds: int = 0, workers: int = 0, address: str | None = None,

@@ -87,15 +87,18 @@ class ProcessGradients:
         return flat[0], ravel_pytree(params)[1](flat[1:])
 
     def train_step(self, apply_gradient: Callable, batch_size: int) -> Callable:
-        """step(state, rows_data, rows, aux=None) -> (state, loss) for a state holding "params",
+        """step(state, rows_data, rows, aux=None) -> (state, loss, ok) for a state holding "params",
         "key" (key data) and "step": the gradient of the global batch of batch_size rows, then
-        apply_gradient(state, grads) -> new state as a local program (state donated); state and
-        loss come back as replicated global arrays."""
+        apply_gradient(state, grads) -> new state as a local program (state donated); state,
+        loss and ok (the loss and the gradient's global norm are finite; computed on device, so
+        a caller that checks it does not wait for more than the step) come back as replicated
+        global arrays."""
 
         @functools.partial(jax.jit, donate_argnums=0)
         def update(state, flat):
             loss, grads = self.unravel_like(state["params"], flat)
-            return apply_gradient(state, grads), loss
+            ok = jnp.isfinite(loss) & jnp.isfinite(jnp.sqrt(jnp.sum(jnp.square(flat[1:]))))
+            return apply_gradient(state, grads), loss, ok
 
         def step(state, rows_data, rows: slice, aux=None):
             flat = self(state["params"], rows_data, state["key"], state["step"], rows, batch_size, aux=aux)

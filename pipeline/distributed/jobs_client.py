@@ -21,6 +21,7 @@ from pipeline.errors import UserError
 EXCLUDES = [".venv", ".venv-tfgan", "runs", ".git", "bench/out", ".cache", "**/__pycache__", "*.egg-info",
             ".pytest_cache"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+ALLOW_ENV = "DDSS_ALLOW_MODULES"  # pipeline.models.build.ALLOW_ENV (not imported here: no JAX on submit)
 
 
 def project_root() -> Path:
@@ -35,11 +36,13 @@ def job_names(root: Path | None = None) -> list[str]:
 
 
 def import_job(name: str, root: Path | None = None):
-    """The module jobs/NAME.py (imported from its file: jobs/ is not a package)."""
+    """The module jobs/NAME.py (imported from its file: jobs/ is not a package). NAME must be
+    one of job_names(root): a path (../x, /tmp/x) or a private jobs/_NAME.py is refused."""
     root = root or project_root()
+    names = job_names(root)
+    if name not in names:
+        raise UserError(f"no job {name!r} in {root / 'jobs'}; jobs: {', '.join(names) or 'none'}")
     path = root / "jobs" / f"{name}.py"
-    if not path.is_file():
-        raise UserError(f"no job {name!r} in {root / 'jobs'}; jobs: {', '.join(job_names(root)) or 'none'}")
     spec = importlib.util.spec_from_file_location(f"ddss_job_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -103,9 +106,13 @@ def submit(name: str, address: str | None, extra_args=(), config_path: str | Non
     config_path = config_path or f"configs/{name}.yaml"
     check_job_config(name, config_path, root, extra_args)
     c = client(address)
+    runtime_env = {"working_dir": str(root), "excludes": EXCLUDES}
+    allowed = os.environ.get(ALLOW_ENV)
+    if allowed:  # the packages whose models the job may build (--allow-module), as here
+        runtime_env["env_vars"] = {ALLOW_ENV: allowed}
     job_id = c.submit_job(
         entrypoint=entrypoint(name, config_path, extra_args),
-        runtime_env={"working_dir": str(root), "excludes": EXCLUDES},
+        runtime_env=runtime_env,
         submission_id=submission_id or f"ddss-{name}-{new_run_id()}",
     )
     return c, job_id

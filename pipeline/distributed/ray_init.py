@@ -1,10 +1,19 @@
 """Connecting to Ray: join a cluster given an address (argument or RAY_ADDRESS), otherwise
-start a private local Ray bound to the loopback interface."""
+start a private local Ray bound to the loopback interface.
+
+An address is probed before ray.init, which otherwise retries for many minutes: nothing
+listening there, or something that is not a gRPC server (a Ray head's GCS and its Ray Client
+server both are), is one line naming the address. Ray dials a loopback address at this
+machine's outward IP instead; a cluster that listens on loopback only (a private Ray started
+as below) is joined in Ray's single-machine mode, which keeps 127.0.0.1.
+"""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
+import socket
 
 LOOPBACK = "127.0.0.1"
 # On Linux Ray advertises and binds the machine's outward address even when asked for
@@ -14,6 +23,11 @@ _SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Ray Train's placement-group cleaner polls the state API, which needs the dashboard: with
 # the dashboard off it warns every second. Its own cleanup is moot on a private local Ray.
 _NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+PROBE_TIMEOUT_S = 5.0  # for a connection to an address and its first answer
+# An HTTP/2 client's connection preface and an empty SETTINGS frame: a gRPC server answers with
+# a SETTINGS frame (type 4) of its own.
+_H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_NO_PROBE = ("auto", "local")  # Ray finds these itself
 
 
 def quiet_loggers():
@@ -34,7 +48,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address)
+        _join(address, loopback_only=check_address(address))
         return
     with _single_machine_mode():
         ray.init(
@@ -44,6 +58,114 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
             dashboard_host=LOOPBACK,
             runtime_env=None if dashboard else {"worker_process_setup_hook": f"{__name__}.quiet_loggers"},
         )
+
+
+_AUTH_SIGNS = ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")
+
+
+def _join(address: str, loopback_only: bool):
+    """ray.init(address=...), its failure (a refused auth token, after Ray's ~20 s of retries)
+    one line."""
+    import ray
+    import ray.exceptions
+
+    from pipeline.errors import UserError
+
+    AuthenticationError = getattr(ray.exceptions, "AuthenticationError", RuntimeError)  # Ray >= 2.52
+
+    try:
+        with _single_machine_mode() if loopback_only else contextlib.nullcontext():
+            env = _forwarded_env()
+            ray.init(address=address, **({"runtime_env": env} if env else {}))
+    except (ConnectionError, RuntimeError, AuthenticationError) as e:
+        chain, c = [], e
+        while c is not None and len(chain) < 10:
+            chain.append(f"{type(c).__name__}: {c}")
+            c = c.__cause__ or c.__context__
+        if any(sign in text for text in chain for sign in _AUTH_SIGNS):
+            raise UserError(f"the Ray cluster at {address} refused this process's auth token (none or a wrong one): "
+                            "set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN, the file named by "
+                            "RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot join the Ray cluster at {address}: {first}") from None
+
+
+FORWARDED = ("DDSS_ALLOW_MODULES",)  # the driver's settings its workers and actors need on a cluster
+
+
+def _forwarded_env() -> dict | None:
+    """A job-level runtime_env carrying FORWARDED variables to the cluster's workers (a job made by
+    `ddss submit` has them in its own runtime_env already, which ray.init must not replace)."""
+    env = {k: os.environ[k] for k in FORWARDED if os.environ.get(k)}
+    if not env or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return None
+    return {"env_vars": env}
+
+
+def check_address(address: str) -> bool:
+    """A one-line UserError unless a gRPC server answers at `address` (HOST:PORT of a Ray head's
+    GCS, or ray://HOST:PORT of its Ray Client server) within PROBE_TIMEOUT_S; True when it
+    answers on loopback only (Ray must then keep the loopback address: single-machine mode)."""
+    from pipeline.errors import UserError
+
+    if address in _NO_PROBE or ("://" in address and not address.startswith("ray://")):
+        return False
+    host, port = _host_port(address)
+    reason = _probe(host, port)
+    if reason:
+        raise UserError(f"no Ray cluster answers at {address}: {reason} (give a running head's GCS address "
+                        "HOST:6379, or ray://HOST:10001 for Ray Client)")
+    if address.startswith("ray://") or not _is_loopback(host):
+        return False
+    from ray._private import services
+
+    dialled = services.resolve_ip_for_localhost(host)  # what ray.init would dial instead
+    return not _is_loopback(dialled) and _probe(dialled, port) is not None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    from pipeline.errors import UserError
+
+    rest = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--address {address!r}: expected HOST:PORT (a Ray head's GCS, e.g. 10.0.0.2:6379) "
+                        "or ray://HOST:PORT")
+    return host, int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _probe(host: str, port: int) -> str | None:
+    """None if a gRPC (HTTP/2) server answers at host:port, else why not."""
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")  # no plain HTTP/2 then: TCP only
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as s:
+            if tls:
+                return None
+            s.settimeout(PROBE_TIMEOUT_S)
+            s.sendall(_H2_HELLO)
+            head = b""
+            while len(head) < 9:
+                chunk = s.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+    except socket.timeout:
+        return f"no answer within {PROBE_TIMEOUT_S:g} s"
+    except OSError as e:  # refused, unreachable, unknown host
+        return e.strerror or str(e) or type(e).__name__
+    if len(head) < 9 or head[3] != 4:
+        return "something answers there, but not a gRPC server (a dashboard or other port?)"
+    return None
 
 
 @contextlib.contextmanager

@@ -90,6 +90,18 @@ class UNet(nn.Module):
     dropout: float = 0.0
     out_ch: int | None = None
 
+    def __post_init__(self):
+        """Sizes a network can be built with (a typo like ch: 2**31 would only fail, or hang, later)."""
+        from pipeline.errors import UserError
+
+        for name, value, low, high in (("ch", self.ch, 1, 4096), ("num_res_blocks", self.num_res_blocks, 0, 64),
+                                       ("num_classes", self.num_classes, 0, 100_000)):
+            if not low <= value <= high:
+                raise UserError(f"config key 'model.kwargs.{name}': must be in [{low}, {high}], got {value}")
+        if not 1 <= len(self.ch_mult) <= 8 or not all(1 <= m <= 64 for m in self.ch_mult):
+            raise UserError(f"config key 'model.kwargs.ch_mult': 1 to 8 multipliers in [1, 64], got {list(self.ch_mult)}")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x, t, y=None, w=None, train: bool = False):
         B, H, _, C = x.shape

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from pipeline import config, schedules
 from pipeline.data.loading import DataConfig
@@ -26,11 +27,13 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def validate(self):
-        config.check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
-        config.check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
-        config.check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        config.check_range(self.steps, 1, config.MAX_STEPS, "train.steps")
+        config.check_range(self.batch_size, 1, config.MAX_BATCH, "train.batch_size")
+        config.check_range(self.seed, 0, config.MAX_SEED, "train.seed")
+        config.check(self.lr > 0 and math.isfinite(self.lr), "train.lr", f"must be a positive finite number, got {self.lr}")
         config.check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        config.check(self.grad_clip > 0, "train.grad_clip", f"must be > 0, got {self.grad_clip}")
+        config.check(self.grad_clip > 0 and math.isfinite(self.grad_clip), "train.grad_clip",
+                     f"must be a positive finite number, got {self.grad_clip}")
         config.check(0 <= self.ema_decay < 1, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         config.check(0 <= self.label_dropout <= 1, "train.label_dropout", f"must be in [0, 1], got {self.label_dropout}")
         config.check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
@@ -53,13 +56,14 @@ class SampleConfig:
     cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # the digit classifier (FD features) is cached here
 
     def validate(self):
-        config.check(self.steps >= 1, "sample.steps", f"must be >= 1, got {self.steps}")
+        config.check_range(self.steps, 1, config.MAX_STEPS, "sample.steps")
+        config.check_range(self.seed, 0, config.MAX_SEED, "sample.seed")
         config.check(self.stride in schedules.STRIDES, "sample.stride", f"must be one of {', '.join(schedules.STRIDES)}")
         config.check(self.guidance >= 0, "sample.guidance", f"must be >= 0, got {self.guidance}")
-        config.check(self.per_class >= 1, "sample.per_class", f"must be >= 1, got {self.per_class}")
-        config.check(self.fd_samples >= 0, "sample.fd_samples", f"must be >= 0, got {self.fd_samples}")
+        config.check_range(self.per_class, 1, 1000, "sample.per_class")
+        config.check_range(self.fd_samples, 0, config.MAX_SAMPLES, "sample.fd_samples")
         config.check(self.fd_samples != 1, "sample.fd_samples", "FD needs at least 2 samples")
-        config.check(self.batch_size >= 1, "sample.batch_size", f"must be >= 1, got {self.batch_size}")
+        config.check_range(self.batch_size, 1, config.MAX_BATCH, "sample.batch_size")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pipeline import config, rundir, schedules
+from pipeline import checkpoint, config, rundir, schedules
 from pipeline.data.loading import check_data, load_data
 from pipeline.errors import UserError
 from pipeline.models.build import build_model
@@ -73,9 +73,9 @@ def diffusion_loss(params, model, sched, batch, label_dropout: float, null_label
 
 
 def make_train_step(model, sched, optimizer, cfg: TrainConfig, null_label: int, mesh):
-    """step(state, x0, y, rows) -> (state, loss): loss and gradient of the global batch (this
-    process holds its `rows`, NumPy x0 and y; pipeline.distributed.grads), Adam, EMA; state
-    and loss replicated over `mesh`."""
+    """step(state, x0, y, rows) -> (state, loss, ok): loss and gradient of the global batch (this
+    process holds its `rows`, NumPy x0 and y; pipeline.distributed.grads), Adam, EMA; state,
+    loss and ok (loss and gradient norm finite) replicated over `mesh`."""
     from pipeline.distributed.grads import ProcessGradients
 
     grads = ProcessGradients(lambda p, _, b: diffusion_loss(p, model, sched, b, cfg.label_dropout, null_label), mesh)
@@ -123,12 +123,15 @@ def teacher_loop(ctx) -> dict:
     step_fn = make_train_step(model, sched, optimizer, tc, num_classes, ctx.mesh)
     t0, done, loss = time.time(), 0, None
     t_first = None  # the first step's time includes compilation: rates start after it
+    guard = checkpoint.FiniteGuard(ck, "teacher training", "train.lr or train.grad_clip")
     with ctx.progress(tc.steps, start, "train") as bar:
         for step in range(start, tc.steps):
             idx = batch_indices(tc.seed, step, len(images), tc.batch_size)
             rows = ctx.local_rows(tc.batch_size)
-            state, loss = step_fn(state, images[idx[rows]], labels[idx[rows]], rows)
+            state, loss, ok = step_fn(state, images[idx[rows]], labels[idx[rows]], rows)
             done, n = done + 1, step + 1
+            # checked one step late, but at once before anything of step n is logged or saved
+            guard.step(n, ok, loss, now=n % tc.log_every == 0 or n % tc.checkpoint_every == 0 or n == tc.steps)
             if t_first is None:
                 loss.block_until_ready()
                 t_first = time.time()
@@ -156,11 +159,32 @@ def teacher_loop(ctx) -> dict:
 
 def resume_config(run_dir, overrides: dict | None = None) -> TeacherConfig:
     """The config to continue `run_dir` with: its config.yaml plus dotted `overrides`, which
-    may only change RESUMABLE_KEYS."""
+    may only change RESUMABLE_KEYS, and train.steps not below the latest committed checkpoint
+    (read from the step directories' names: nothing is opened or written)."""
     stored = config.to_dict(load_config(rundir.read_config(run_dir)))
     cfg = load_config(stored, overrides)
     config.check_resume(stored, config.to_dict(cfg), RESUMABLE_KEYS, run_dir)
+    ck = rundir.checkpoint_dir(run_dir)  # orbax commits step N by renaming N.orbax-checkpoint-tmp-* to N
+    names = os.listdir(ck) if os.path.isdir(ck) else ()
+    latest = max((int(n) for n in names if n.isascii() and n.isdigit()), default=None)
+    if latest is not None and cfg.train.steps < latest:
+        raise UserError(f"cannot resume {run_dir} with train.steps={cfg.train.steps}: its latest checkpoint is at step "
+                        f"{latest}; give train.steps >= {latest}")
     return cfg
+
+
+def check_model(cfg: TeacherConfig, data_shape, num_classes: int):
+    """Build cfg.model for the data and trace its initialisation (shapes only, nothing computed):
+    a model config that cannot run (an unknown argument, a bad value) is one line before anything
+    is written."""
+    model = build_model(cfg.model, num_classes)
+    try:
+        jax.eval_shape(lambda: init_params(model, data_shape, jax.random.key(0)))
+    except Exception as e:  # whatever the module raises for arguments it cannot use
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UserError(f"config key 'model.kwargs': {cfg.model.import_path} cannot be initialised for "
+                        f"{'x'.join(map(str, data_shape))} data and {num_classes} classes: "
+                        f"{type(e).__name__}{': ' + first if first else ''}") from None
 
 
 def train_teacher(cfg: TeacherConfig | None = None, *, run_dir=None, resume: bool = False, workers: int = 0,
@@ -179,20 +203,23 @@ def train_teacher(cfg: TeacherConfig | None = None, *, run_dir=None, resume: boo
     t0 = time.time()
     if resume:
         run_dir = rundir.prepare(run_dir, resume=True)
-        cfg = resume_config(run_dir, overrides)
-        check_data(cfg.data)
     else:
         cfg = load_config(config.to_dict(cfg) if cfg is not None else None, overrides)
-        check_data(cfg.data)  # before the run directory is made
+        check_model(cfg, *check_data(cfg.data))  # before the run directory is made
         run_dir = rundir.prepare(run_dir, root=root, prefix="teacher")
-    rundir.write_config(run_dir, cfg)
-    out = run_spmd(teacher_loop, {"config": config.to_dict(cfg)}, num_workers=workers, run_dir=run_dir,
-                   address=address, max_failures=max_failures) or {}
-    out["workers"] = workers
-    out["train_job_s"] = time.time() - t0  # including Ray and worker start-up
-    out.update(check_teacher(run_dir))
-    out["total_s"] = time.time() - t0
-    rundir.update_results(run_dir, {"teacher": out})
+    # one writer per run: a second job on run_dir is refused here, before it writes anything
+    with rundir.lock(run_dir, "teacher training", new=not resume):
+        if resume:
+            cfg = resume_config(run_dir, overrides)
+            check_model(cfg, *check_data(cfg.data))
+        rundir.write_config(run_dir, cfg)
+        out = run_spmd(teacher_loop, {"config": config.to_dict(cfg)}, num_workers=workers, run_dir=run_dir,
+                       address=address, max_failures=max_failures) or {}
+        out["workers"] = workers
+        out["train_job_s"] = time.time() - t0  # including Ray and worker start-up
+        out.update(check_teacher(run_dir))
+        out["total_s"] = time.time() - t0
+        rundir.update_results(run_dir, {"teacher": out})
     return run_dir, out
 
 

@@ -44,23 +44,34 @@ def outputs(out: str) -> tuple[str, str]:
     return npz, png
 
 
+def check_flags(args):
+    """One line for a flag out of its range, before anything is loaded (the bounds of `ddss evaluate`)."""
+    import math
+
+    from pipeline.app.evaluate_job import MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_STEPS
+    from pipeline.errors import UserError
+
+    for flag, value, low, high in (("--steps", args.steps, 1, MAX_STEPS), ("--num-samples", args.num_samples, 2, MAX_SAMPLES),
+                                   ("--batch-size", args.batch_size, 1, MAX_BATCH), ("--seed", args.seed, 0, MAX_SEED),
+                                   ("--grid", args.grid, 1, MAX_SAMPLES)):
+        if not low <= value <= high:
+            raise UserError(f"{flag} must be in [{low}, {high}], got {value}")
+    if args.w is not None and not math.isfinite(args.w):
+        raise UserError(f"--w must be a finite guidance weight, got {args.w}")
+
+
 def run(args) -> int:
     import json
-    import math
 
     from tqdm.auto import tqdm
 
     from pipeline import report
-    from pipeline.errors import UserError
     from pipeline.app.artefacts import eval_spec
     from pipeline.evaluation import Evaluator, sampling_problem
     from pipeline.io import atomic_write_npz
 
+    check_flags(args)
     npz, png = outputs(args.out)
-    if args.w is not None and not math.isfinite(args.w):
-        raise UserError(f"--w must be a finite guidance weight, got {args.w}")
-    if args.grid < 1:
-        raise UserError(f"--grid must be >= 1, got {args.grid}")
     spec = eval_spec(sampling_problem(args.teacher), args.sampler, args.steps, args.num_samples, seed=args.seed,
                      stride=args.stride, w=args.w, batch_size=min(args.batch_size, max(args.num_samples, 1)))
     ev = Evaluator(spec)  # loads and checks the teacher and the artefact

@@ -10,12 +10,12 @@ EXAMPLE = "ddss submit evaluate --address http://127.0.0.1:8265 -- --set num_sam
 
 
 def add_arguments(p):
-    p.add_argument("name", help="the job: a file jobs/NAME.py")
+    p.add_argument("name", help="the job: the NAME of a file jobs/NAME.py (a name, not a path)")
     p.set_defaults(extra=[])
     p.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
     p.add_argument("--config", help="config file relative to the project (default configs/NAME.yaml)")
     p.add_argument("--no-follow", action="store_true", help="print the job id and return at once")
-    p.usage = "ddss submit NAME [--address URL] [--config PATH] [--no-follow] [-- JOB ARGS ...]"
+    p.usage = "ddss submit NAME [--address URL] [--config PATH] [--no-follow] [--allow-module PKG] [-- JOB ARGS ...]"
     # Python 3.11's argparse cannot take a '*' positional after options, so everything after
     # the first "--" is split off here and handed to the job untouched.
     parse_known = p.parse_known_args
