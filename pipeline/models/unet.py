@@ -96,9 +96,10 @@ class UNet(nn.Module):
 
         for name, value, low, high in (("ch", self.ch, 1, 4096), ("num_res_blocks", self.num_res_blocks, 0, 64),
                                        ("num_classes", self.num_classes, 0, 100_000)):
-            if not low <= value <= high:
+            if isinstance(value, int) and not low <= value <= high:  # other types fail where they are used
                 raise UserError(f"config key 'model.kwargs.{name}': must be in [{low}, {high}], got {value}")
-        if not 1 <= len(self.ch_mult) <= 8 or not all(1 <= m <= 64 for m in self.ch_mult):
+        mults = [m for m in self.ch_mult if isinstance(m, int)] if isinstance(self.ch_mult, (tuple, list)) else []
+        if len(mults) > 8 or not all(1 <= m <= 64 for m in mults):
             raise UserError(f"config key 'model.kwargs.ch_mult': 1 to 8 multipliers in [1, 64], got {list(self.ch_mult)}")
         super().__post_init__()
 
