@@ -41,16 +41,52 @@ def _resolve(kind: str, value):
     return local_path(value)
 
 
+SHIPPED = "configs"  # the default configs: pipeline/configs/*.yaml in the package (and configs/ in a checkout)
+
+
+def shipped_config(path):
+    """The copy inside the installed package of a default config `configs/NAME.yaml` (a
+    Traversable), if `path` names one by that relative path; else None."""
+    from importlib import resources
+
+    folder, _, name = os.path.normpath(os.fspath(path)).partition(os.sep)
+    if folder != SHIPPED or not name.endswith(".yaml") or os.sep in name:
+        return None
+    shipped = resources.files("pipeline") / SHIPPED / name
+    return shipped if shipped.is_file() else None
+
+
+def yaml_where(e: yaml.YAMLError, lines: bool = True) -> str:
+    """Where and what a YAML error is, for "... is not valid YAML<this>": " at line L, column C:
+    PROBLEM" (1-based; the column only when not `lines`) when the parser marked it, else ": MESSAGE"."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is None:
+        return f": {str(e).splitlines()[0]}"
+
+    def at(m) -> str:
+        return f"line {m.line + 1}, column {m.column + 1}" if lines or m.line else f"column {m.column + 1}"
+
+    text = f" at {at(mark)}: {e.problem or str(e).splitlines()[0]}"
+    ctx = getattr(e, "context_mark", None)
+    if e.context and ctx is not None and (ctx.line, ctx.column) != (mark.line, mark.column):
+        text += f" ({e.context} at {at(ctx)})"
+    elif e.context:
+        text += f" ({e.context})"
+    return text
+
+
 def load_yaml(path) -> dict:
-    """Read a YAML mapping with the safe loader."""
+    """Read a YAML mapping with the safe loader. A default config, `configs/NAME.yaml`, that is
+    not found relative to the cwd is read from the copy shipped inside the package."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    source = path if os.path.isfile(path) else shipped_config(path)
+    if source is None:
         raise UserError(f"config file not found: {path}")
     try:
-        with open(path) as f:
+        with (open(source, encoding="utf-8") if isinstance(source, str) else source.open(encoding="utf-8")) as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise UserError(f"config {path} is not valid YAML{yaml_where(e)}") from None
     except UnicodeDecodeError as e:  # YAML is UTF-8 text
         raise UserError(f"config {path} is not valid YAML: not UTF-8 text (byte {e.start})") from None
     if data is None:
@@ -188,8 +224,9 @@ def parse_sets(items) -> dict:
             raise UserError(f"--set needs key=value, got {item!r}")
         try:
             out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+        except yaml.YAMLError as e:  # a one-line value: its column says where
+            where = yaml_where(e, lines="\n" in value)
+            raise UserError(f"--set {item!r}: the value is not valid YAML{where}") from None
     return out
 
 

@@ -122,7 +122,7 @@ def _write_new(path: str, me: dict, replace: bool):
             raise
         except OSError:  # no hard links here: exclusive create, then write
             pass
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w") as f:
             json.dump(me, f, sort_keys=True)
     finally:
@@ -179,7 +179,7 @@ def _take_over(path: str, key: str, me: dict) -> bool:
     first; True when `path` now holds `me`."""
     marker = f"{path}.takeover-{key}"
     try:
-        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except FileExistsError:
         with contextlib.suppress(OSError):  # a marker left by a taker that died mid-way
             if time.time() - os.stat(marker).st_mtime > LEASE_S:

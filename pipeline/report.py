@@ -86,17 +86,38 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+def kid_scale(rows: list[dict]) -> int:
+    """The power of ten k, a multiple of 3, for which the table gives KID x 10^k: the largest |KID|
+    then lies in [1, 1000) (k = 3 for the usual Inception KID ~ 0.01; k = 0 for KIDs in the
+    hundreds, as in the digit classifier's unnormalised features)."""
+    kids = [abs(r["kid"]) for r in rows if r.get("kid")]
+    return 3 if not kids else -3 * math.floor(math.floor(math.log10(max(kids))) / 3)
+
+
+def kid_header(k: int) -> str:
+    return "KID (± std)" if k == 0 else f"KID x 1e{k} (± std)"
+
+
+def _kid(r: dict, k: int) -> str:
+    """"<KID x 10^k> ± <its std x 10^k>" (kid_std: the standard error of KID's block estimates;
+    none with a single block), "-" when unknown."""
+    kid, std = r.get("kid"), r.get("kid_std")
+    if kid is None:
+        return "-"
+    return f"{kid * 10.0 ** k:.2f}" + ("" if std is None else f" ± {std * 10.0 ** k:.2f}")
+
+
 def results_table(rows: list[dict]) -> str:
-    """Markdown table: method, steps, NFE, FD, KID, wall time, and the training time behind a
-    row (a search, a distillation: key "train_s") when any row has one."""
-    training = any(r.get("train_s") is not None for r in rows)
-    lines = ["| method | steps | NFE | FD | KID | wall time (s) |" + (" training (s) |" if training else ""),
+    """Markdown table ordered by NFE (then method and steps): method, steps, NFE, FD, KID x 10^k
+    (k: kid_scale) ± its std, wall time, and the training time behind a row (a search, a
+    distillation: key "train_s") when any row has one."""
+    training, k = any(r.get("train_s") is not None for r in rows), kid_scale(rows)
+    lines = [f"| method | steps | NFE | FD | {kid_header(k)} | wall time (s) |" + (" training (s) |" if training else ""),
              "|---|---:|---:|---:|---:|---:|" + ("---:|" if training else "")]
-    for r in sorted(rows, key=lambda r: (r["method"], r["steps"])):
+    for r in sorted(rows, key=lambda r: (r["nfe"], r["method"], r["steps"])):
         lines.append(
-            f"| {r['method']} | {r['steps']} | {r['nfe']} | {_fmt(r.get('fd'), '.3f')} | "
-            f"{_fmt(r.get('kid'), '.4f')} | {_fmt(r.get('wall_s'), '.1f')} |"
-            + (f" {_fmt(r.get('train_s'), '.1f')} |" if training else "")
+            f"| {r['method']} | {r['steps']} | {r['nfe']} | {_fmt(r.get('fd'), '.3f')} | {_kid(r, k)} | "
+            f"{_fmt(r.get('wall_s'), '.1f')} |" + (f" {_fmt(r.get('train_s'), '.1f')} |" if training else "")
         )
     return "\n".join(lines)
 
@@ -105,6 +126,7 @@ def write_report(run_dir, rows: list[dict], grids: dict[str, str], intro: str, n
     """report.md in run_dir with the results table, the frontier plot and the sample grids
     (grids: method label -> PNG path relative to run_dir)."""
     frontier_plot(rows, os.path.join(run_dir, "frontier.png"))
+    k = kid_scale(rows)
     parts = [
         "# ddss-pipeline report",
         "",
@@ -114,7 +136,9 @@ def write_report(run_dir, rows: list[dict], grids: dict[str, str], intro: str, n
         "",
         results_table(rows),
         "",
-        "FD and KID are measured in digit-classifier features (not Inception: not FID).",
+        "FD and KID are measured in digit-classifier features (not Inception: not FID). "
+        f"KID is given {f'x 1e{k}' if k else 'as is'}, ± its standard error over blocks of 1024 samples "
+        "(none with 1024 samples or fewer: one block).",
         "",
         "![FD vs NFE](frontier.png)",
         "",

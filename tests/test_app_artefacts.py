@@ -20,6 +20,24 @@ def test_plain_samplers_take_no_loader_and_unknown_artefacts_are_one_line():
         artefacts.plan_loader("ggdm:")
 
 
+def test_samplers_with_artefacts_need_one_and_it_is_checked_without_a_model(tmp_path):
+    """`--sampler ggdm` without :PATH failed inside the actors, after the progress bar started."""
+    for name in ("ggdm", "student-ddim", "student-stochastic"):
+        with pytest.raises(UserError, match=f"^sampler '{name}' needs an artefact: {name}:PATH$"):
+            artefacts.plan_loader(name)
+        with pytest.raises(UserError, match="needs an artefact"):
+            artefacts.check_artefact(name)
+    artefacts.check_artefact("ddim")
+    with pytest.raises(UserError, match="takes no artefact"):
+        artefacts.check_artefact("ddim:x")
+    with pytest.raises(UserError, match="is not a DDSS sampler artefact"):
+        artefacts.check_artefact(f"ggdm:{tmp_path / 'none'}")
+    with pytest.raises(UserError, match="holds no finished distillation round"):
+        artefacts.check_artefact(f"student-stochastic:{tmp_path}")
+    path = ddss.save_artefact(tmp_path / "k4", ddss.init_params(4, "ggdm", "cosine", "quadratic"), {"schedule": "cosine"})
+    artefacts.check_artefact(f"ggdm:{path}")
+
+
 def test_ggdm_loader_reads_the_artefact_for_the_model_and_survives_pickling(tmp_path):
     params = ddss.init_params(4, "ggdm+pred", "cosine", "quadratic")
     path = ddss.save_artefact(tmp_path / "k4", params, {"schedule": "cosine", "data_shape": [2], "guidance": 1.5})

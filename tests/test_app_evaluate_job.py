@@ -51,3 +51,23 @@ def test_eval_spec_of_a_config(tmp_path):
     plan = spec.plan(teacher_like)  # what each actor runs: the artefact read for its model
     assert plan.steps == 4
     np.testing.assert_array_equal(plan.kwargs["params"]["sigma"], np.asarray(params["sigma"]))
+
+
+def test_heartbeat_names_the_evaluations_running(monkeypatch, capsys):
+    """run_evaluations(heartbeat=NAME) (the demo's background evaluations): a line naming them and
+    the samples done every HEARTBEAT_S while they run, nothing once they are over."""
+    import time
+
+    from pipeline.app import evaluate_job
+
+    monkeypatch.setattr(evaluate_job, "HEARTBEAT_S", 0.05)
+    with evaluate_job._heartbeat(None, 10) as on_range_done:
+        assert on_range_done is None
+    with evaluate_job._heartbeat("samplers in the background", 700) as on_range_done:
+        on_range_done({"done": 300, "busy": []})
+        time.sleep(0.5)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("  ... evaluating samplers in the background: ") for line in lines)
+    assert "300/700 samples" in lines[-1]
+    time.sleep(0.2)
+    assert capsys.readouterr().out == ""

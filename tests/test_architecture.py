@@ -28,12 +28,12 @@ MAX_LINES = 300
 # Floor by path under pipeline/ (a file, or a folder ending in "/"); the longest match wins.
 FLOORS = {
     "__init__.py": 1, "errors.py": 1, "config.py": 1, "io.py": 1, "rundir.py": 1, "checkpoint.py": 1,
-    "report.py": 1, "schedules.py": 1, "lock.py": 1,
+    "report.py": 1, "schedules.py": 1, "lock.py": 1, "progress.py": 1, "accelerator.py": 1,
     "samplers/": 2, "metrics/": 2, "data/": 2, "models/": 2,
     "teacher/__init__.py": 3, "teacher/config.py": 3, "teacher/model.py": 3,
     "evaluation/": 4,
     "distributed/": 5,
-    "teacher/train.py": 6, "ddss/": 6, "distill/": 6,
+    "teacher/train.py": 6, "teacher/importer.py": 6, "ddss/": 6, "distill/": 6,
     "app/": 7,
 }
 

@@ -75,3 +75,29 @@ def test_unusable_teacher_is_one_line_and_nothing_is_written(which, needle, teac
     fails(["search", "--teacher", t, "--steps", 2, "--workers", 0, "--run-dir", tmp_path / "search"], capsys, needle)
     assert os.listdir(tmp_path) == [], "nothing may be created for an unusable teacher"
     assert snapshot(t) == before
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"ddss {metadata.version('ddss-pipeline')}\n"
+
+
+def test_quick_demo_duration_is_one_number_in_help_and_readme(capsys):
+    """`ddss demo --help` and README.md quote the same measured time of `ddss demo --quick`."""
+    import re
+    from pathlib import Path
+
+    from pipeline.app.commands import demo
+
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"({demo.QUICK_DEMO_S} s on a quiet 2-core machine)" in help_text
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    quoted = re.findall(r"`ddss demo --quick` \(tiny budgets, the same stages\) takes (\d+) s", readme)
+    assert quoted == [str(demo.QUICK_DEMO_S)]
+    assert not re.search(r"--quick[^.]*\b\d+ minutes", help_text + readme)  # no second figure

@@ -3,6 +3,9 @@ evaluation actor, end with one line and exit code 2, touching nothing (teachers:
 tests/cli_fixtures.py)."""
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -11,11 +14,16 @@ from pipeline import checkpoint, rundir
 from pipeline.teacher import model as tmodel
 
 
-def test_student_of_another_teacher_is_one_line(teachers, tmp_path, capsys):
+def test_student_of_another_teacher_is_one_line(teachers, tmp_path, capsys, monkeypatch):
     """A finished round-0 student (written as ddss distill writes one) of a teacher on the linear
     schedule, used with the cosine teacher."""
     from pipeline.distill import config as dconfig
     from pipeline.distill import rounds
+    from pipeline.distributed import ray_init
+
+    # ddss evaluate starts Ray before it loads the models (no fork of a process running JAX); the
+    # student is refused before any actor starts, so no Ray is needed here
+    monkeypatch.setattr(ray_init, "ensure_ray", lambda *a, **k: None)
 
     linear = str(shutil.copytree(teachers["good"], tmp_path / "linear"))
     cfg = rundir.read_config(linear)
@@ -79,3 +87,67 @@ def test_results_that_cannot_be_written_are_refused_before_any_sampling(teachers
         fails([*argv[:2], frozen, *argv[3:]], capsys, "cannot write in the teacher run directory", "--results-dir")
     finally:
         subprocess.run(["chattr", "-i", str(frozen)], check=True)
+
+
+def test_checks_that_need_no_computation_come_before_any(teachers, tmp_path, capsys, monkeypatch):
+    """A missing tensorflow-gan venv, Inception module or artefact, an unknown sampler and ggdm
+    without its artefact were found after the sampling (or after the progress bar started): now
+    one line within a few seconds, before Ray starts or any model is loaded, nothing written."""
+    from pipeline import ddss, evaluation
+    from pipeline.distributed import ray_init
+
+    class Started(Exception):
+        pass
+
+    def started(what):
+        def fail(*a, **k):
+            raise Started(what)
+        return fail
+
+    monkeypatch.setattr(ray_init, "ensure_ray", started("Ray started"))
+    monkeypatch.setattr(evaluation, "preflight", started("a model was loaded"))
+    monkeypatch.setenv("DDSS_TFGAN_VENV", str(tmp_path / "no-venv"))
+    t, results = teachers["good"], tmp_path / "results"
+    results.mkdir()
+    art = ddss.save_artefact(tmp_path / "k2", ddss.init_params(2, "ggdm", "cosine", "quadratic"), {"schedule": "cosine"})
+    with open(os.path.join(art, "params.npz"), "r+b") as f:  # one byte changed: its checksum no longer matches
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    before = snapshot(t, tmp_path)
+    argv = ["evaluate", "--teacher", t, "--steps", 2, "--num-samples", 1000, "--workers", 1, "--results-dir", results]
+    for extra, needles in (
+        (["--sampler", "ggdm"], ["sampler 'ggdm' needs an artefact: ggdm:PATH"]),
+        (["--sampler", "student-ddim"], ["sampler 'student-ddim' needs an artefact: student-ddim:PATH"]),
+        (["--metrics-backend", "tfgan"], ["tensorflow-gan venv not found", "no-venv", "make tfgan-venv"]),
+        (["--inception-path", tmp_path / "inception"], ["Inception TF-Hub module directory not found"]),
+        (["--sampler", f"ggdm:{tmp_path / 'none'}"], ["is not a DDSS sampler artefact"]),
+        (["--sampler", f"ggdm:{art}"], ["checksum mismatch"]),
+        (["--sampler", f"student-ddim:{tmp_path / 'none'}"], ["holds no finished distillation round"]),
+        (["--sampler", "nosuch"], ["unknown sampler 'nosuch'"]),
+    ):
+        t0 = time.perf_counter()
+        fails([*argv, *extra], capsys, *needles)
+        assert time.perf_counter() - t0 < 5, extra
+    assert snapshot(t, tmp_path) == before and not (results / "results.json").exists()
+    with pytest.raises(Started, match="Ray started"):  # a good config gets past every check to Ray
+        from pipeline.app import cli
+
+        cli.main([str(a) for a in argv])
+
+
+@pytest.mark.ray
+def test_evaluate_forks_no_process_running_jax(teachers, tmp_path):
+    """`os.fork() was called ... JAX is multithreaded ... deadlock` was printed by every Ray-using
+    command: the local Ray's processes were started (fork, then Python code, then exec) after the
+    teacher was loaded. Ray now starts before anything runs JAX."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.app.cli", "evaluate", "--teacher", teachers["good"], "--sampler", "ddim",
+         "--steps", "2", "--num-samples", "20", "--workers", "1", "--results-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=dict(os.environ, JAX_PLATFORMS="cpu", RAY_ADDRESS=""),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "os.fork() was called" not in proc.stderr, proc.stderr[-3000:]
+    assert (tmp_path / "results.json").exists()

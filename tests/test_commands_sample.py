@@ -2,6 +2,8 @@
 an artefact made for another model or step count, and a sampler that diverges, end with one line
 and exit code 2, writing nothing (teachers, gmm_search: tests/cli_fixtures.py)."""
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -123,3 +125,15 @@ def test_an_artefact_of_a_npy_or_a_guidance_of_words_is_one_line(teachers, tmp_p
         fails(["sample", "--teacher", t, "--sampler", f"ggdm:{art}", "--steps", 2, "--out", tmp_path / "s.npz"],
               capsys, needle)
     assert sorted(os.listdir(tmp_path)) == ["npy", "words"]
+
+
+def test_off_a_terminal_the_progress_is_whole_lines(teachers, tmp_path):
+    """stderr a pipe (a log, `ray job logs`): plain lines, no carriage-return redraws."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "sample", "--teacher", teachers["good"], "--steps", "2",
+                          "--num-samples", "12", "--batch-size", "4", "--out", str(tmp_path / "s.npz")],
+                         cwd=root, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "\r" not in out.stderr, repr(out.stderr[-2000:])
+    bar = [line for line in out.stderr.splitlines() if line.startswith("sample ddim K=2")]
+    assert bar and "12/12" in bar[-1] and "0/12" in bar[0], out.stderr[-2000:]

@@ -73,7 +73,9 @@ def test_parse_sets_reads_values_as_yaml():
 
 @pytest.mark.parametrize("item, needle", [("steps", "--set needs key=value, got 'steps'"),
                                           ("=3", "--set needs key=value, got '=3'"),
-                                          ("a=[1, 2", "--set 'a=[1, 2': the value is not valid YAML")])
+                                          ("a=[1, 2", "--set 'a=[1, 2': the value is not valid YAML at column 6: "
+                                                      "expected ',' or ']', but got '<stream end>' "
+                                                      "(while parsing a flow sequence at column 1)")])
 def test_parse_sets_errors_are_one_line(item, needle):
     with pytest.raises(UserError) as e:
         config.parse_sets(["ok=1", item])
@@ -150,3 +152,45 @@ def test_sizes_past_any_machine_are_refused_before_any_work():
         dconfig.load({"teacher": "t", "start_steps": 2**40})
     with pytest.raises(UserError, match="'stage1.batch'"):
         dconfig.load({"teacher": "t", "stage1": {"batch": 10**12}})
+
+
+@pytest.mark.parametrize("text, where", [
+    ("a: 1\nb: c: d\n", "at line 2, column 5: mapping values are not allowed here"),
+    ("a: 1\nb: [1, 2\n", "at line 3, column 1: expected ',' or ']', but got '<stream end>' "
+                          "(while parsing a flow sequence at line 2, column 4)"),
+    ("a:\n  - 1\n - 2\n", "at line 3, column 2: expected <block end>, but found '<block sequence start>' "
+                          "(while parsing a block mapping at line 1, column 1)"),
+    ("a: 1\n\tb: 2\n", "at line 2, column 1: found character '\\t' that cannot start any token"),
+])
+def test_yaml_syntax_errors_give_line_and_column(tmp_path, text, where):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(UserError) as e:
+        config.load_yaml(bad)
+    assert str(e.value).startswith(f"config {bad} is not valid YAML {where}"), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_multi_line_set_value_gives_line_and_column():
+    with pytest.raises(UserError) as e:
+        config.parse_sets(["a=x\n b: c"])
+    assert str(e.value) == "--set 'a=x\\n b: c': the value is not valid YAML at line 2, column 3: " \
+                           "mapping values are not allowed here"
+
+
+def test_default_configs_are_found_from_any_directory(tmp_path, monkeypatch):
+    """configs/NAME.yaml not found here is read from the package's copy; any other missing path
+    (another folder, another name) is still an error."""
+    from importlib import resources
+
+    monkeypatch.chdir(tmp_path)
+    shipped = resources.files("pipeline") / "configs" / "tiny.yaml"
+    assert config.load_yaml("configs/tiny.yaml") == config.load_yaml(str(shipped)) == {"tasks": 4, "n": 1000, "sleep_s": 0.0}
+    assert config.load_yaml("./configs/tiny.yaml")["tasks"] == 4
+    for missing in ("configs/nope.yaml", "tiny.yaml", "my/configs/tiny.yaml", str(tmp_path / "configs/tiny.yaml"),
+                    "configs/../configs/nope.yaml", "configs/sub/tiny.yaml"):
+        with pytest.raises(UserError, match=f"^config file not found: {missing}$"):
+            config.load_yaml(missing)
+    (tmp_path / "configs").mkdir()  # a configs/ of one's own comes first
+    (tmp_path / "configs" / "tiny.yaml").write_text("tasks: 7\n")
+    assert config.load_yaml("configs/tiny.yaml") == {"tasks": 7}

@@ -1,6 +1,7 @@
 """The SPMD context (pipeline/distributed/context.py): the mesh, this process's rows, host
 values to and from global arrays, and the run directory's metrics, results and progress
 lines. Several devices: a forced 4-device CPU in a subprocess."""
+import dataclasses
 import io
 import json
 import os
@@ -15,7 +16,8 @@ from forced_devices import call_with_devices
 from jax.sharding import PartitionSpec
 
 from pipeline import rundir
-from pipeline.distributed.context import DATA, SpmdContext, local_context, make_mesh
+from pipeline.distributed import context
+from pipeline.distributed.context import DATA, TENSORBOARD, SpmdContext, local_context, make_mesh
 
 
 def test_local_context_is_one_process_over_every_device(tmp_path):
@@ -96,6 +98,70 @@ def test_report_appends_step_time_and_host_values_on_process_0_only(tmp_path):
         {"step": 3, "loss": 0.5, "v": [0, 1]}, {"step": 4, "loss": 1.25}]
     assert all(t0 <= r["time"] <= t1 for r in records)
     assert isinstance(records[0]["step"], int)
+
+
+def read_event_scalars(logdir) -> dict:
+    """{tag: [(step, value)]} from every TensorBoard event file under `logdir`, read back from
+    the TFRecord framing (length, masked CRC, Event proto, masked CRC) with tensorboardX's protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.record_writer import masked_crc32c
+
+    out = {}
+    for name in sorted(os.listdir(logdir)):
+        assert name.startswith("events.out.tfevents."), name
+        with open(os.path.join(logdir, name), "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            header = data[pos:pos + 8]
+            (n,) = struct.unpack("Q", header)
+            assert struct.unpack("I", data[pos + 8:pos + 12])[0] == masked_crc32c(header)
+            body = data[pos + 12:pos + 12 + n]
+            assert struct.unpack("I", data[pos + 12 + n:pos + 16 + n])[0] == masked_crc32c(body)
+            pos += 16 + n
+            event = event_pb2.Event.FromString(body)
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_report_writes_the_scalars_to_tensorboard_event_files(tmp_path):
+    ctx = local_context(str(tmp_path), {})
+    ctx.report(3, loss=jnp.float32(0.5), v=jnp.arange(2), name="x")
+    ctx.report(4, loss=1.25, lr=jnp.float32(1e-3))
+    _worker_1(ctx).report(5, loss=2.0)  # process 1 writes nothing
+    ctx.close()
+    scalars = read_event_scalars(tmp_path / TENSORBOARD)
+    assert scalars.keys() == {"loss", "lr"}  # arrays and strings stay in metrics.jsonl only
+    assert scalars["loss"] == [(3, 0.5), (4, 1.25)]
+    assert scalars["lr"] == [(4, pytest.approx(1e-3))]
+    ctx.report(6, loss=0.25)  # after close: a new event file; TensorBoard reads both
+    ctx.close()
+    assert read_event_scalars(tmp_path / TENSORBOARD)["loss"] == [(3, 0.5), (4, 1.25), (6, 0.25)]
+
+
+def test_reports_reach_ray_train_at_most_every_interval_and_the_newest_at_close(tmp_path, monkeypatch):
+    """A Ray Train worker's context sends {"step", **metrics} to its on_report (ray.train.report,
+    which blocks when called more often than Ray's controller polls)."""
+    sent = []
+    ctx = dataclasses.replace(local_context(str(tmp_path), {}), on_report=sent.append)
+    ctx.report(1, loss=jnp.float32(4.0))  # the first at once
+    ctx.report(2, loss=3.0)
+    ctx.report(3, loss=2.0, v=jnp.arange(2))
+    assert sent == [{"step": 1, "loss": 4.0}]
+    ctx.close()  # the newest one not sent yet
+    assert sent == [{"step": 1, "loss": 4.0}, {"step": 3, "loss": 2.0, "v": [0, 1]}]
+    ctx.close()
+    assert len(sent) == 2  # nothing new
+    monkeypatch.setattr(context, "TRAIN_REPORT_EVERY_S", 0.0)
+    ctx.report(4, loss=1.0)
+    ctx.report(5, loss=0.5)
+    ctx.close(send=False)
+    assert [m["step"] for m in sent] == [1, 3, 4, 5]
+    ctx.close(send=False)
+    assert len(sent) == 4
 
 
 def test_update_results_merges_on_process_0_only(tmp_path):

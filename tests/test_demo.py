@@ -34,12 +34,14 @@ def demo(tmp_path_factory):
 
 
 def _table(report: str) -> dict:
-    """{(method, steps): [NFE, FD, KID, wall]} from report.md's results table."""
+    """{(method, steps): [NFE, FD, KID x 1e3, wall]} from report.md's results table (KID without
+    its "± std")."""
     rows = {}
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 6 and re.fullmatch(r"\d+", cells[1]):
-            rows[(cells[0], int(cells[1]))] = cells[2:6]
+            nfe, fd, kid, wall = cells[2:6]
+            rows[(cells[0], int(cells[1]))] = [nfe, fd, kid.split(" ± ")[0], wall]
     return rows
 
 
@@ -49,7 +51,31 @@ def test_quick_demo_exits_0_with_a_summary(demo):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = str(demo["run_dir"] / "report.md")
     assert f"report: {report}" in proc.stdout
-    assert "| method | steps | NFE | FD | KID | wall time (s) |" in proc.stdout
+    assert re.search(r"^\| method \| steps \| NFE \| FD \| KID( x 1e-?\d+)? \(± std\) \| wall time \(s\) \|", proc.stdout, re.M)
+
+
+@pytest.mark.ray
+def test_background_evaluations_are_watched(demo):
+    """The demo printed nothing for about a minute while its background evaluations ran: each
+    batch submitted to the pool now ends with a line (and a line every 10 s names the one running)."""
+    out = demo["proc"].stdout
+    submitted = re.findall(r"^  evaluating (\d+) rows on the pool in the background \((.+)\)$", out, re.M)
+    finished = re.findall(r"^  evaluated (.+) in the background: (\d+) rows in \d+ s$", out, re.M)
+    assert submitted and sorted(finished) == sorted((stage, n) for n, stage in submitted), out
+    for line in re.findall(r"^  \.\.\. evaluating .*$", out, re.M):
+        assert re.fullmatch(r"  \.\.\. evaluating .+ in the background: \d+/\d+ samples, \d+ s", line), line
+
+
+@pytest.mark.ray
+def test_quick_report_says_its_samples_look_like_noise(demo):
+    report = (demo["run_dir"] / "report.md").read_text()
+    text = " ".join(report.split())
+    assert "Quick budgets: the teacher is tiny and briefly trained, so its samples (and every sampler's) are " \
+           "expected to look like noise" in text
+    assert re.search(r"^\| method \| steps \| NFE \| FD \| KID( x 1e-?\d+)? \(± std\) \| wall time \(s\) \|", report, re.M)
+    assert "KID is given " in text and "± its standard error" in text
+    nfes = [int(line.split("|")[3]) for line in report.splitlines() if re.match(r"\| [^|]+ \| \d+ \| \d+ \|", line)]
+    assert len(nfes) == len(_table(report)) and nfes == sorted(nfes)  # ordered by NFE
 
 
 @pytest.mark.ray

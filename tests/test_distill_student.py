@@ -23,3 +23,27 @@ def test_the_round_1_student_samples_and_moved_from_its_teacher(until_2):
     r0 = load_student_params(str(root), 0, st.params)
     diff = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), st.params, r0))
     assert max(diff) > 0
+
+
+def test_rounds_are_addressed_by_their_step_count(until_2, tmp_path):
+    """ROOT@STEPS is the finished round whose student takes STEPS steps (round r of a 4-step chain
+    has 4 / 2^r); a step count no finished round has is one line listing the finished ones."""
+    import pytest
+
+    from pipeline.distill.student import _round_dir, load_student
+    from pipeline.errors import UserError
+
+    _, root, _ = until_2  # rounds 0 (4 steps) and 1 (2 steps)
+    assert _round_dir(f"{root}@4") == str(root / "round-00")
+    assert _round_dir(f"{root}@2") == str(root / "round-01")
+    assert _round_dir(str(root)) == str(root / "round-01")  # the last finished round
+    assert _round_dir(str(root / "round-00")) == str(root / "round-00")
+    st = load_student(f"{root}@4")
+    assert (st.round, st.steps) == (0, 4)
+    with pytest.raises(UserError) as e:
+        _round_dir(f"{root}@1")
+    msg = str(e.value)
+    assert "\n" not in msg and "no finished 1-step student" in msg
+    assert f"{root}@4 (round 0)" in msg and f"{root}@2 (round 1)" in msg
+    with pytest.raises(UserError, match="holds no finished distillation round"):
+        _round_dir(f"{tmp_path}@4")

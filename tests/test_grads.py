@@ -1,13 +1,16 @@
 """Data-parallel gradients (pipeline/distributed/grads.py): one key per example, and
-ProcessGradients against jax.value_and_grad of the same loss on the whole batch, on one
-device and on four (a forced 4-device CPU in a subprocess)."""
+ProcessGradients and GlobalMeshGradients (make_gradients' two paths) against jax.value_and_grad
+of the same loss on the whole batch and against each other, on one device and on four (a
+forced 4-device CPU in a subprocess)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from forced_devices import call_with_devices
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pipeline.distributed.grads import ProcessGradients, example_keys
+from pipeline.distributed.grads import (PATHS, GlobalMeshGradients, ProcessGradients, example_keys,
+                                        make_gradients)
 
 B, D, KEY, STEP = 8, 3, 7, 3
 
@@ -65,10 +68,11 @@ def test_example_keys_are_one_distinct_key_per_row_fixed_by_the_key():
     assert not np.array_equal(data, np.asarray(jax.random.key_data(example_keys(jax.random.key(1), 16))))
 
 
-def test_one_process_gives_value_and_grad_of_the_whole_batch():
+@pytest.mark.parametrize("path", PATHS)
+def test_one_process_gives_value_and_grad_of_the_whole_batch(path):
     params, aux, x, y = problem()
     mesh = _mesh()
-    got = _pg_call(ProcessGradients(loss_fn, mesh), mesh, params, aux, (x, y), slice(0, B))
+    got = _pg_call(make_gradients(loss_fn, mesh, path), mesh, params, aux, (x, y), slice(0, B))
     _assert_same(got, reference(params, aux, x, y))
 
 
@@ -83,15 +87,43 @@ def test_row_keys_do_not_depend_on_the_split():
     _assert_same(((l1 + l2) / 2, {k: (g1[k] + g2[k]) / 2 for k in g1}), reference(params, aux, x, y))
 
 
-def test_train_step_applies_the_whole_batch_gradient_and_returns_global_arrays():
+def test_make_gradients_chooses_the_process_path_on_cpu_and_the_global_mesh_on_gpu_and_tpu(monkeypatch):
+    import pipeline.distributed.grads as g
+
+    assert type(make_gradients(loss_fn, _mesh())) is ProcessGradients  # this machine: CPU devices
+    monkeypatch.setattr(g, "GlobalMeshGradients", lambda *a: "global")
+    monkeypatch.setattr(g, "ProcessGradients", lambda *a: "process")
+    for platform, want in (("gpu", "global"), ("tpu", "global"), ("cpu", "process")):
+        device = type("Device", (), {"platform": platform})()
+        assert g.make_gradients(loss_fn, type("Mesh", (), {"devices": np.array([device])})()) == want
+
+
+def sgd(state, grads):
+    new = jax.tree.map(lambda p, g: p - 0.1 * g, state["params"], grads)
+    return {**state, "params": new, "step": state["step"] + 1}
+
+
+def test_both_paths_give_the_same_parameters_after_a_few_steps():
     params, aux, x, y = problem()
     mesh = _mesh()
-    pg = ProcessGradients(loss_fn, mesh)
+    out = {}
+    for path in PATHS:
+        step = make_gradients(loss_fn, mesh, path).train_step(sgd, B)
+        state = _replicated(mesh, {"params": params, "key": jax.random.key_data(jax.random.key(KEY)), "step": np.int32(0)})
+        for _ in range(5):
+            state, loss, ok = step(state, (x, y), slice(0, B), aux=_replicated(mesh, aux))
+            assert bool(ok)
+        out[path] = {k: np.asarray(v) for k, v in state["params"].items()}
+        assert not np.allclose(out[path]["w"], params["w"])
+    for k in ("w", "b"):
+        np.testing.assert_allclose(out["process"][k], out["global"][k], rtol=1e-5, atol=1e-6)
 
-    def sgd(state, grads):
-        new = jax.tree.map(lambda p, g: p - 0.1 * g, state["params"], grads)
-        return {**state, "params": new, "step": state["step"] + 1}
 
+@pytest.mark.parametrize("path", PATHS)
+def test_train_step_applies_the_whole_batch_gradient_and_returns_global_arrays(path):
+    params, aux, x, y = problem()
+    mesh = _mesh()
+    pg = make_gradients(loss_fn, mesh, path)
     step = pg.train_step(sgd, B)
     state = _replicated(mesh, {"params": params, "key": jax.random.key_data(jax.random.key(KEY)), "step": np.int32(STEP)})
     want = params
@@ -108,19 +140,95 @@ def test_train_step_applies_the_whole_batch_gradient_and_returns_global_arrays()
         assert a.sharding.is_equivalent_to(NamedSharding(mesh, PartitionSpec()), a.ndim), a.sharding
 
 
-def on_four_devices():
-    """(devices, [ProcessGradients' loss and gradient, value_and_grad's]) with the batch split
+def on_four_devices(path="process"):
+    """(devices, [the path's loss and gradient, value_and_grad's]) with the batch split
     over all devices of this process."""
     params, aux, x, y = problem()
     mesh = _mesh()
-    loss, grads = _pg_call(ProcessGradients(loss_fn, mesh), mesh, params, aux, (x, y), slice(0, B))
+    loss, grads = _pg_call(make_gradients(loss_fn, mesh, path), mesh, params, aux, (x, y), slice(0, B))
     want_loss, want_grads = reference(params, aux, x, y)
     as_json = lambda l, g: [float(l), {k: np.asarray(v).tolist() for k, v in g.items()}]  # noqa: E731
     return jax.device_count(), as_json(loss, grads), as_json(want_loss, want_grads)
 
 
-def test_four_devices_give_value_and_grad_of_the_whole_batch():
-    devices, got, want = call_with_devices(4, "test_grads", "on_four_devices")
+@pytest.mark.parametrize("path", PATHS)
+def test_four_devices_give_value_and_grad_of_the_whole_batch(path):
+    devices, got, want = call_with_devices(4, "test_grads", "on_four_devices", path)
     assert devices == 4
     _assert_same(got, want)
     _assert_same(got, reference(*problem()))  # and the 1-device numbers of this process
+
+
+def teacher_steps(path=None, steps=2):
+    """A tiny teacher's parameters after `steps` train steps (teacher/train.py's make_train_step,
+    on all devices of this process, gradient path `path`), raveled."""
+    from jax.flatten_util import ravel_pytree
+
+    from pipeline import schedules
+    from pipeline.teacher import train
+    from pipeline.teacher.config import load_config
+
+    cfg = load_config(None, {"model.kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}, "train.batch_size": 8})
+    model, sched = train.build_model(cfg.model, 10), schedules.get(cfg.schedule)
+    optimizer = train.make_optimizer(cfg.train)
+    mesh = _mesh()
+    state = _replicated(mesh, jax.device_get(train.init_state(model, optimizer, (8, 8, 1), 0)))
+    step = train.make_train_step(model, sched, optimizer, cfg.train, 10, mesh, path)
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        x0 = rng.uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
+        y = rng.integers(0, 10, 8).astype(np.int32)
+        state, loss, ok = step(state, x0, y, slice(0, 8))
+        assert bool(ok)
+    return jax.device_count(), np.asarray(ravel_pytree(state["params"])[0]).tolist()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_teacher_steps_on_four_devices_equal_one_device(path):
+    """teacher/train.py's step on 1 process x 4 devices (either path) = 1 process x 1 device."""
+    devices, four = call_with_devices(4, "test_grads", "teacher_steps", path)
+    assert devices == 4
+    _, one = teacher_steps("process")
+    np.testing.assert_allclose(np.asarray(four), np.asarray(one), rtol=1e-4, atol=1e-5)
+
+
+def distill_steps(path=None, steps=2, r=0):
+    """A tiny distillation round r's student parameters after `steps` steps (distill/loop.py's
+    make_train_step on all devices of this process, gradient path `path`), raveled; the teacher
+    is an untrained tiny U-Net."""
+    import optax
+    from jax.flatten_util import ravel_pytree
+
+    from pipeline import schedules
+    from pipeline.distill import config as dconfig
+    from pipeline.distill import loop
+    from pipeline.teacher import train
+    from pipeline.teacher.config import load_config
+    from pipeline.teacher.model import Teacher
+
+    tcfg = load_config(None, {"model.kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}})
+    model = train.build_model(tcfg.model, 10)
+    params = jax.device_get(train.init_state(model, train.make_optimizer(tcfg.train), (8, 8, 1), 0)["params"])
+    teacher = Teacher(model, params, schedules.get(tcfg.schedule), tcfg, (8, 8, 1), 10, 0)
+    cfg = dconfig.load({"teacher": "t", "start_steps": 4, "rounds": {"train_steps": 10, "lr": 1e-3, "batch": 8}})
+    optimizer = optax.sgd(0.1)  # not Adam: it turns float noise in near-zero gradients into +-lr steps
+    mesh = _mesh()
+    state = _replicated(mesh, {"params": params, "opt": optimizer.init(params), "step": np.int32(0),
+                               "key": jax.random.key_data(jax.random.key(3))})
+    step = loop.make_train_step(loop.make_loss(cfg, r, teacher), optimizer, mesh, 8, path)
+    teacher_rep, rng = _replicated(mesh, params), np.random.default_rng(2)
+    for _ in range(steps):
+        x0 = rng.uniform(-1, 1, (8, 8, 8, 1)).astype(np.float32)
+        y = rng.integers(0, 10, 8).astype(np.int32)
+        state, loss, ok = step(state, teacher_rep, x0, y, slice(0, 8))
+        assert bool(ok)
+    return jax.device_count(), np.asarray(ravel_pytree(state["params"])[0]).tolist()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_distillation_steps_on_four_devices_equal_one_device(path):
+    """distill/loop.py's step on 1 process x 4 devices (either path) = 1 process x 1 device."""
+    devices, four = call_with_devices(4, "test_grads", "distill_steps", path)
+    assert devices == 4
+    _, one = distill_steps("process")
+    np.testing.assert_allclose(np.asarray(four), np.asarray(one), rtol=1e-4, atol=1e-5)

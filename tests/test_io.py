@@ -107,3 +107,47 @@ def test_atomic_dir(tmp_path):
             open(os.path.join(tmp, "half"), "w").close()
             raise RuntimeError("killed")
     assert _names(path.parent) == ["art"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_every_writer_follows_the_umask(tmp_path, umask):
+    """Teammates on shared storage read what a run writes: config.yaml, results.json, report.md,
+    an .npz (`ddss sample`), a sampler artefact, the lock files. Each file gets 0666 and each
+    folder 0777 less the umask, as a plain open() and mkdir() would (mkstemp gave 0600 whatever
+    the umask): 0644/0755 under 022, 0600/0700 under 077."""
+    from pipeline import ddss, report, rundir
+
+    rows = [{"method": "ddim", "steps": 2, "nfe": 2, "fd": 1.0, "kid": 0.5, "kid_std": None, "wall_s": 1.0}]
+    seen = {}
+
+    def modes(root):
+        for base, dirs, files in os.walk(root):
+            for name in dirs + files:
+                p = os.path.join(base, name)
+                seen[os.path.relpath(p, tmp_path)] = (os.path.isdir(p), os.stat(p).st_mode & 0o777)
+
+    old = os.umask(umask)
+    try:
+        run = rundir.prepare(tmp_path / "shared" / "run")
+        with rundir.lock(run, "test", new=True):
+            rundir.write_config(run, {"a": 1})
+            rundir.update_results(run, {"x": {"y": 1}})
+            rundir.append_metrics(run, {"step": 1})
+            report.write_report(run, rows, {}, "intro")
+            io.atomic_write_npz(os.path.join(run, "samples.npz"), {"images": np.zeros((2, 3))})
+            ddss.save_artefact(os.path.join(run, "sampler"), ddss.init_params(2, "ggdm", "cosine", "quadratic"),
+                               {"schedule": "cosine"})
+            modes(tmp_path)  # the lock file too, while it is held
+        modes(tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("shared", "shared/run", "shared/run/.lock", "shared/run/config.yaml", "shared/run/results.json",
+                 "shared/run/metrics.jsonl", "shared/run/report.md", "shared/run/frontier.png",
+                 "shared/run/samples.npz", "shared/run/sampler", "shared/run/sampler/params.npz",
+                 "shared/run/sampler/meta.json"):
+        assert name in seen, sorted(seen)
+    want = {True: 0o777 & ~umask, False: 0o666 & ~umask}
+    wrong = {name: oct(mode) for name, (is_dir, mode) in seen.items() if mode != want[is_dir]}
+    assert not wrong, f"umask {umask:03o}: {wrong}"
+    if umask == 0o022:
+        assert seen["shared/run/report.md"] == (False, 0o644) and seen["shared/run/sampler"] == (True, 0o755)

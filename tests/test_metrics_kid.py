@@ -60,10 +60,28 @@ def test_kid_is_within_its_error_for_one_distribution_and_far_off_for_two():
 
 
 def test_evaluation_metrics_of_one_kid_block_are_valid_json():
-    """400 samples are one KID block: its std is None, never NaN (results.json is strict JSON)."""
+    """400 samples are one KID block: its std is the jackknife's, never NaN (results.json is strict JSON)."""
     from pipeline.evaluation import metrics as evaluation_metrics
+    from pipeline.metrics.kid import jackknife_std
 
     rng = np.random.default_rng(4)
-    m = evaluation_metrics(rng.normal(size=(400, 5)), None, rng.normal(size=(400, 5)) + 0.2)
-    assert m["kid_std"] is None and m["kid"] > 0
+    a, b = rng.normal(size=(400, 5)), rng.normal(size=(400, 5)) + 0.2
+    m = evaluation_metrics(a, None, b)
+    assert m["kid_std"] == pytest.approx(jackknife_std(a, b)) and m["kid"] > 0
     assert json.loads(json.dumps(m, allow_nan=False)) == m
+
+
+def test_jackknife_std_against_leaving_each_sample_out_by_hand():
+    """The closed-form leave-one-out estimates against MMD^2 recomputed without each row, float64."""
+    from pipeline.metrics.kid import jackknife_std, mmd2_unbiased
+
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(23, 3)), rng.normal(0.3, 1.2, size=(17, 3))
+    loo_a = np.array([mmd2_unbiased(np.delete(a, i, 0), b) for i in range(len(a))])
+    loo_b = np.array([mmd2_unbiased(a, np.delete(b, j, 0)) for j in range(len(b))])
+    var = (22 / 23) * np.sum((loo_a - loo_a.mean()) ** 2) + (16 / 17) * np.sum((loo_b - loo_b.mean()) ** 2)
+    assert jackknife_std(a, b) == pytest.approx(np.sqrt(var), rel=1e-10)
+    # the error shrinks like 1/sqrt(n) for larger samples of the same distributions
+    big = jackknife_std(rng.normal(size=(400, 3)), rng.normal(0.3, 1.2, size=(400, 3)))
+    small = jackknife_std(rng.normal(size=(100, 3)), rng.normal(0.3, 1.2, size=(100, 3)))
+    assert 1.3 < small / big < 3.2

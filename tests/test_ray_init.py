@@ -204,3 +204,52 @@ def test_a_private_ray_is_joined_by_its_loopback_address_from_another_process(lo
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0 and "CPUs 2.0" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.ray
+def test_a_private_ray_starts_without_the_token_auth_notice_and_keeps_its_token():
+    """Ray warns "Token authentication is enabled for this Ray cluster ..." at every start of a
+    local cluster: dropped for the private Ray, whose token authentication stays on."""
+    code = ("import logging, os, ray; from pipeline.distributed.ray_init import ensure_ray, _TOKEN_SETUP_LOGGER; "
+            "ensure_ray(num_cpus=1); print('mode', os.environ.get('RAY_AUTH_MODE')); "
+            "print('filters', len(logging.getLogger(_TOKEN_SETUP_LOGGER).filters)); ray.shutdown()")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):  # unset: Ray turns token auth on, and used to say so
+        env.pop(name, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Token authentication" not in out.stderr and "RAY_AUTH_MODE" not in out.stderr, out.stderr
+    assert "Started a local Ray instance" in out.stderr  # Ray's other messages stay
+    assert "mode token" in out.stdout and "filters 0" in out.stdout, out.stdout  # token auth on; filter gone
+
+
+def test_joining_a_cluster_keeps_ray_s_token_auth_messages(monkeypatch):
+    """The notice is dropped only while a private Ray starts."""
+    seen = []
+
+    def init(**kw):
+        logging.getLogger(ray_init._TOKEN_SETUP_LOGGER).warning(ray_init._TOKEN_AUTH_NOTICE + ". Set ...")
+        seen.append(kw)
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    monkeypatch.setattr(ray_init, "_probe", lambda host, port: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("DDSS_ALLOW_MODULES", raising=False)
+    log, handler = logging.getLogger(ray_init._TOKEN_SETUP_LOGGER), Catch()
+    log.addHandler(handler)
+    try:
+        ray_init.ensure_ray("10.0.0.2:6379")
+        joined = [s for s in seen if isinstance(s, str)]
+        seen.clear()
+        monkeypatch.setenv("RAY_ADDRESS", "")
+        ray_init.ensure_ray()
+        private = [s for s in seen if isinstance(s, str)]
+    finally:
+        log.removeHandler(handler)
+    assert len(joined) == 1 and joined[0].startswith(ray_init._TOKEN_AUTH_NOTICE)
+    assert private == []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import metrics
-from pipeline.distributed.tfgan.backend import DEFAULT_VENV, tfgan_inception_activations, tfgan_metrics
+from pipeline.distributed.tfgan.backend import DEFAULT_VENV, check_venv, tfgan_inception_activations, tfgan_metrics
 from pipeline.errors import UserError
 
 DATA = Path(__file__).resolve().parent / "data" / "tfgan"
@@ -64,6 +64,31 @@ def test_venv_without_ray_is_one_line(tmp_path):
     with pytest.raises(UserError, match="has ray none") as e:
         tfgan_metrics(a, a, venv=tmp_path)
     assert "\n" not in str(e.value) and "make tfgan-venv" in str(e.value)
+
+
+def test_check_venv_is_cheap_and_one_line(tmp_path, monkeypatch):
+    """check_venv runs before any work (ddss evaluate --metrics-backend tfgan): no Ray, no
+    TensorFlow, well under a few seconds; the venv named by DDSS_TFGAN_VENV is the one checked."""
+    import time
+
+    import ray
+
+    before = ray.is_initialized()
+    monkeypatch.setenv("DDSS_TFGAN_VENV", str(tmp_path / "no-venv"))
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="tensorflow-gan venv not found: .*no-venv/bin/python does not exist; run `make "
+                                        "tfgan-venv` \\(or set DDSS_TFGAN_VENV") as e:
+        check_venv()
+    assert "\n" not in str(e.value)
+    python = tmp_path / "bare" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')  # runs, but has no ray
+    python.chmod(0o755)
+    with pytest.raises(UserError, match="bare has ray none, the driver has ray .*make tfgan-venv"):
+        check_venv(tmp_path / "bare")
+    assert time.perf_counter() - t0 < 20 and ray.is_initialized() == before
+    if HAVE_VENV:
+        assert check_venv(DEFAULT_VENV) == str(DEFAULT_VENV / "bin" / "python")
 
 
 def test_missing_inception_path_is_one_line_before_any_actor(tmp_path):

@@ -18,17 +18,35 @@ LOADERS = {
     "student-ddim": distill_student.plan,
     "student-stochastic": distill_student.plan,
 }
+# the checks of an artefact that need no model (a DDSS artefact read, its checksum verified; a
+# student's round directory found), run before any work
+CHECKS = {
+    "ggdm": ddss_artefact.load_artefact,
+    "student-ddim": distill_student._round_dir,
+    "student-stochastic": distill_student._round_dir,
+}
 
 
 def plan_loader(sampler: str):
     """The picklable loader model -> Plan of "NAME:ARTEFACT" (None for a plain NAME); a NAME that
-    takes no artefact is a one-line UserError listing the ones that do."""
+    takes no artefact, or one that needs an artefact given none, is a one-line UserError."""
     name, artefact = split_sampler(sampler)
     if artefact is None:
+        if name in LOADERS:
+            raise UserError(f"sampler {name!r} needs an artefact: {name}:PATH")
         return None
     if name not in LOADERS:
         raise UserError(f"sampler {name!r} takes no artefact (samplers with artefacts: {', '.join(sorted(LOADERS))})")
     return functools.partial(LOADERS[name], artefact)
+
+
+def check_artefact(sampler: str):
+    """The checks of a sampler's artefact that need no model and no computation (run before any
+    work): an artefact is given where one is needed and refused where none is taken; then its
+    method's CHECKS entry (one-line UserErrors)."""
+    if plan_loader(sampler) is not None:
+        name, artefact = split_sampler(sampler)
+        CHECKS[name](artefact)
 
 
 def eval_spec(problem, sampler: str, steps: int, num_samples: int, **kw) -> EvalSpec:

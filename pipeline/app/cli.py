@@ -14,10 +14,13 @@ import textwrap
 
 from pipeline.errors import UserError
 
+DISTRIBUTION = "ddss-pipeline"  # pyproject.toml's project name
+
 # Subcommand modules, in the order `ddss --help` lists them.
 COMMANDS = [
     "demo",
     "train_teacher",
+    "import_teacher",
     "search",
     "distill",
     "evaluate",
@@ -39,7 +42,7 @@ EXAMPLES = """examples:
 
 # Commands that build models named by a config (a shared run directory's too): they take
 # --allow-module PKG, which adds PKG to DDSS_ALLOW_MODULES (pipeline.models.build).
-MODEL_COMMANDS = ("train-teacher", "search", "distill", "evaluate", "sample", "submit")
+MODEL_COMMANDS = ("train-teacher", "import-teacher", "search", "distill", "evaluate", "sample", "submit")
 
 
 class _AllowModule(argparse.Action):
@@ -83,6 +86,16 @@ def _load_commands():
     return mods
 
 
+def version() -> str:
+    """The installed ddss-pipeline's version (its metadata), "unknown" when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (ddss-pipeline is not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddss",
@@ -91,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ddss {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in _load_commands():
         p = sub.add_parser(

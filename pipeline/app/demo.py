@@ -81,9 +81,9 @@ ACCELERATED = [
 
 
 def teacher_config(budget: Budget, cache_dir: str):
-    """The demo's teacher config: configs/digits_teacher.yaml (or the defaults) with the budget's
-    overrides and a short end-of-training check (no FD: the demo measures it)."""
-    base = "configs/digits_teacher.yaml" if os.path.isfile("configs/digits_teacher.yaml") else None
+    """The demo's teacher config: configs/digits_teacher.yaml (the package's copy when the cwd has
+    none) with the budget's overrides and a short end-of-training check (no FD: the demo measures it)."""
+    base = "configs/digits_teacher.yaml"
     steps = budget.teacher.get("train.steps", 700)
     return tconfig.load_config(base, {**budget.teacher, "train.checkpoint_every": max(1, steps // 2),
                                       "sample.steps": 32, "sample.fd_samples": 0, "sample.cache_dir": cache_dir})
@@ -115,7 +115,7 @@ class Rows:
 
     def add(self, method: str, row: dict, stage: str, extra_s: float | None = None):
         r = {"stage": stage, "method": method, "sampler": row["sampler"], "steps": row["steps"], "nfe": row["nfe"],
-             "fd": row["fd"], "kid": row["kid"], "wall_s": row["wall_s"], "train_s": extra_s}
+             "fd": row["fd"], "kid": row["kid"], "kid_std": row["kid_std"], "wall_s": row["wall_s"], "train_s": extra_s}
         self.rows.append(r)
         rundir.append_metrics(self.run_dir, {"event": "row", **r})
         if row.get("samples") is not None:
@@ -144,7 +144,7 @@ class Stages:
     pending: list = dataclasses.field(default_factory=list)
     stage_s: dict = dataclasses.field(default_factory=dict)
 
-    def evaluate(self, todo) -> float:
+    def evaluate(self, todo, label: str = "rows") -> float:
         """Evaluate rows (method, sampler, K, stride, stage, training s) together on the pool."""
         b = self.budget
         cfgs = [config.load(EvaluateConfig, {
@@ -153,7 +153,8 @@ class Stages:
             "batch_size": min(b.batch_size, b.num_samples)}) for _, sampler, k, stride, _, _ in todo]
         t1 = time.time()
         rows = run_evaluations(cfgs, address=self.address, progress=False, pool=self.pool, keep_samples=GRID_SAMPLES,
-                               return_errors=True)
+                               return_errors=True, heartbeat=f"{label} in the background")  # a line every 10 s
+        print(f"  evaluated {label} in the background: {len(todo)} rows in {time.time() - t1:.0f} s", flush=True)
         for (method, _, k, _, stage, extra_s), row in zip(todo, rows):
             if isinstance(row, SamplerDiverged):  # reported, not hidden: the row is left out
                 self.out.note(f"{method} at K = {k}: {row}")
@@ -165,7 +166,7 @@ class Stages:
 
     def submit(self, stage: str, todo):
         print(f"  evaluating {len(todo)} rows on the pool in the background ({stage})")
-        self.pending.append((stage, self.background.submit(self.evaluate, todo)))
+        self.pending.append((stage, self.background.submit(self.evaluate, todo, stage)))
 
 
 def samplers_stage(st: Stages):
@@ -246,12 +247,14 @@ def report_stage(st: Stages, dcfg, quick: bool, t_start: float) -> dict:
              "and features, while other rows shared the actors); 'training' is the DDSS search or the whole "
              "distillation (all rounds) behind a row. Distilled students sample on the grid they were distilled "
              f"on (from logsnr {dcfg.logsnr_start:g}, linear stride), at the teacher's default guidance.")
+    if quick:  # a run-through of every stage, not a measurement
+        intro += (" Quick budgets: the teacher is tiny and briefly trained, so its samples (and every sampler's) are "
+                  "expected to look like noise; the quick demo shows that every stage runs, not sample quality.")
     path = report.write_report(st.run_dir, out.rows, out.grids, intro, out.notes)
     total = time.time() - t_start
     demo = {"rows": out.rows, "notes": out.notes, "stage_s": st.stage_s, "total_s": total, "report": path}
     rundir.update_results(st.run_dir, {"demo": demo})
-    print()
-    print(report.results_table(out.rows))
+    print("\n" + report.results_table(out.rows))
     for n in out.notes:
         print(f"note: {n}")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in st.stage_s.items()) + f"; total {total:.0f} s")

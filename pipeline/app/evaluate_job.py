@@ -3,13 +3,16 @@
 of Ray actors, and its row is appended to results.json."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import threading
 import time
 
 from pipeline import config, rundir
 from pipeline.config import MAX_BATCH, MAX_SAMPLES, MAX_SEED, MAX_STEPS
+from pipeline.app.artefacts import check_artefact
 from pipeline.app.artefacts import eval_spec as artefact_spec
 from pipeline.errors import UserError
 from pipeline.evaluation.problems import teacher_problem
@@ -17,6 +20,7 @@ from pipeline.evaluation.spec import split_sampler
 
 METRICS_BACKENDS = ("jax", "tfgan")
 MAX_WORKERS = 4096
+HEARTBEAT_S = 10.0  # run_evaluations(heartbeat=...): a line this often
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,34 +83,61 @@ def eval_spec(cfg: EvaluateConfig):
                          batch_size=cfg.batch_size, kid_samples=cfg.kid_samples)
 
 
+def check(cfg: EvaluateConfig) -> tuple[str, str]:
+    """Every check of `cfg` that needs no computation (no model loaded, no Ray started), each a
+    one-line UserError: the teacher's run directory (and its data set), the results directory (writable, its
+    results.json readable: it is written at the end), the sampler name and its artefact, the
+    Inception module directory. Returns (teacher run directory, results directory)."""
+    from pipeline import samplers
+    from pipeline.data.loading import require_data
+    from pipeline.teacher.config import load_config
+
+    teacher = rundir.require_run_dir(cfg.teacher)
+    require_data(load_config(rundir.read_config(teacher)).data, "an evaluation (FD/KID against the test split)")
+    results_dir = os.path.abspath(cfg.results_dir or teacher)
+    if not os.path.isdir(results_dir):
+        raise UserError(f"results directory not found: {cfg.results_dir}")
+    rundir.check_writable(results_dir, "results directory" if cfg.results_dir else
+                          "teacher run directory (give --results-dir D for the results)")
+    rundir.read_results(results_dir)
+    samplers.get(split_sampler(cfg.sampler)[0])  # one line naming the valid samplers
+    check_artefact(cfg.sampler)  # ggdm without :PATH, a missing or corrupt artefact
+    if cfg.inception_path is not None and not os.path.isdir(os.path.expanduser(cfg.inception_path)):
+        raise UserError(f"Inception TF-Hub module directory not found: {cfg.inception_path} (download "
+                        "tensorflow-gan's Inception module beforehand; nothing is fetched at run time)")
+    return teacher, results_dir
+
+
 def run_evaluations(cfgs, address: str | None = None, progress: bool = True, pool=None,
-                    keep_samples: int = 0, return_errors: bool = False) -> list:
+                    keep_samples: int = 0, return_errors: bool = False, heartbeat: str | None = None) -> list:
     """`ddss evaluate` / jobs/evaluate.py / `ddss demo`: evaluate each cfg (EvaluateConfig), all at once, on `pool` or on a pool started with the first cfg's workers and
     resources, and append each result row to results.json of its cfg.results_dir (default: the
     teacher's run). Returns the rows, each with "samples" (the first keep_samples samples, not
     written to results.json) if keep_samples > 0; with return_errors, a row's UserError or
-    SamplerDiverged takes its place."""
+    SamplerDiverged takes its place. heartbeat: a name; while the evaluations run, a line
+    "  ... evaluating <name>: <done>/<total> samples, <s> s" every HEARTBEAT_S on stdout.
+
+    Before any work: every check that needs no computation (`check`, the tensorflow-gan venv);
+    then Ray is started (before anything here runs JAX: no process is forked from a driver
+    running JAX's threads); then, without a `pool` of the caller's, each teacher and artefact is
+    loaded and checked here (preflight), before any actor starts and any progress is shown."""
     from pipeline import samplers
     from pipeline.distributed.evaluation import evaluate_many
     from pipeline.distributed.ray_init import ensure_ray
+    from pipeline.evaluation import preflight
 
-    specs, dirs = [], []
-    for cfg in cfgs:
-        teacher = rundir.require_run_dir(cfg.teacher)
-        results_dir = os.path.abspath(cfg.results_dir or teacher)
-        if not os.path.isdir(results_dir):
-            raise UserError(f"results directory not found: {cfg.results_dir}")
-        # results.json is written at the end: a read-only folder (or a bad results.json) is
-        # refused now, before any sampling
-        rundir.check_writable(results_dir, "results directory" if cfg.results_dir else
-                              "teacher run directory (give --results-dir D for the results)")
-        rundir.read_results(results_dir)
-        samplers.get(split_sampler(cfg.sampler)[0])  # one line naming the valid samplers
-        specs.append(eval_spec(cfg))
-        dirs.append((teacher, results_dir))
+    dirs = [check(cfg) for cfg in cfgs]
     if len({(c.metrics_backend, c.inception_path) for c in cfgs}) > 1:
         raise UserError("evaluations run together must share metrics_backend and inception_path")
+    if cfgs[0].metrics_backend == "tfgan" or cfgs[0].inception_path is not None:
+        from pipeline.distributed.tfgan.backend import check_venv
+
+        check_venv()
     ensure_ray(address)
+    specs = [eval_spec(cfg) for cfg in cfgs]
+    if pool is None:
+        for spec in specs:
+            preflight(spec)  # a corrupt checkpoint, an artefact made for another model
     first = cfgs[0]
     pool_kw = {}
     if pool is None:
@@ -116,9 +147,10 @@ def run_evaluations(cfgs, address: str | None = None, progress: bool = True, poo
         if first.worker_tpus:
             resources["TPU"] = first.worker_tpus
         pool_kw = dict(resources=resources, pin_cores=first.pin_cores, max_failures=first.max_failures)
-    outs = evaluate_many(specs, workers=first.workers, progress=progress, backend=first.metrics_backend,
-                         inception_path=first.inception_path, pool=pool, keep_samples=keep_samples,
-                         return_errors=return_errors, **pool_kw)
+    with _heartbeat(heartbeat, sum(s.num_samples for s in specs)) as on_range_done:
+        outs = evaluate_many(specs, workers=first.workers, progress=progress, backend=first.metrics_backend,
+                             inception_path=first.inception_path, pool=pool, keep_samples=keep_samples,
+                             return_errors=return_errors, on_range_done=on_range_done, **pool_kw)
     rows = []
     for cfg, spec, (teacher, results_dir), out in zip(cfgs, specs, dirs, outs):
         if isinstance(out, BaseException):
@@ -133,6 +165,28 @@ def run_evaluations(cfgs, address: str | None = None, progress: bool = True, poo
         rundir.update_results(results_dir, {"evaluations": {cfg.result_key(): row}})
         rows.append(row if samples is None else {**row, "samples": samples})
     return rows
+
+
+@contextlib.contextmanager
+def _heartbeat(name: str | None, total: int):
+    """With a name: a thread printing the heartbeat line of run_evaluations every HEARTBEAT_S until
+    the block ends; yields the on_range_done callback that counts the samples done (None without)."""
+    if name is None:
+        yield None
+        return
+    done, stop, t0 = [0], threading.Event(), time.time()
+
+    def beat():
+        while not stop.wait(HEARTBEAT_S):
+            print(f"  ... evaluating {name}: {done[0]}/{total} samples, {time.time() - t0:.0f} s", flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True, name="heartbeat")
+    thread.start()
+    try:
+        yield lambda info: done.__setitem__(0, info["done"])
+    finally:
+        stop.set()
+        thread.join()
 
 
 def run_evaluation(cfg, address: str | None = None, progress: bool = True, pool=None,

@@ -1,4 +1,6 @@
-"""A teacher's data set from its config: scikit-learn's digits, or the user's own .npz files."""
+"""A teacher's data set from its config: scikit-learn's digits, the user's own .npz files, or none
+(a teacher imported by `ddss import-teacher` without data: it samples, but nothing that needs
+data runs on it)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +11,7 @@ import numpy as np
 from pipeline import config
 from pipeline.errors import UserError, choose
 
-DATASETS = ("digits", "npz")
+DATASETS = ("digits", "npz", "none")
 SPLITS = ("train", "test")
 
 
@@ -17,7 +19,7 @@ SPLITS = ("train", "test")
 class DataConfig:
     """The training data: scikit-learn's digits, or the user's own .npz files (name: npz)."""
 
-    name: str = "digits"  # digits | npz
+    name: str = "digits"  # digits | npz | none (an imported teacher without data)
     path: str = dataclasses.field(default="", metadata=config.PATH)  # npz: the training .npz (required)
     test_path: str = dataclasses.field(default="", metadata=config.PATH)  # npz: the held-out .npz, the evaluation reference (empty: path itself, i.e. the training images)
     key: str = "images"  # npz: the images array, uint8 [N, H, W, C] in [0, 255] or float in [-1, 1]
@@ -34,10 +36,20 @@ class DataConfig:
             config.check(getattr(self, f) == default, f"data.{f}", f"applies only to data.name npz (data.name is {self.name!r})")
 
 
+def require_data(cfg: DataConfig, what: str) -> None:
+    """A one-line UserError when `what` (e.g. "ddss evaluate") needs the data set of a teacher
+    that has none (data.name none: imported by `ddss import-teacher` without data)."""
+    if cfg.name == "none":
+        raise UserError(f"{what} needs the teacher's data set, but it has none (data.name: none, imported by "
+                        "ddss import-teacher without data); import it with --set data.name=npz --set data.path=TRAIN.npz "
+                        "--set data.test_path=TEST.npz (ddss sample needs no data)")
+
+
 def load_data(cfg: DataConfig, split: str):
     """(images [N,H,W,C] float32 in [-1, 1], labels [N] int32) of a data set split: digits, or
     for npz the file data.path ("train") or data.test_path, default data.path ("test")."""
     choose("data set", cfg.name, DATASETS)
+    require_data(cfg, "this command")
     if cfg.name == "digits":
         from pipeline.data.digits import load_digits
 

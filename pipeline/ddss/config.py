@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 from pipeline import config, schedules
+from pipeline.accelerator import AcceleratorConfig
 from pipeline.data.gmm import PRESETS
 from pipeline.samplers import ggdm
 
@@ -35,6 +36,10 @@ class SearchConfig:
     reference_samples: int = 2000  # gmm: exact samples as the reference
     cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # where the digit classifier (digits features) is cached
     workers: int = 1  # Ray Train workers (processes); 0: in this process, without Ray
+    accelerator: str = "cpu"  # where the workers run JAX: cpu | gpu | tpu (pipeline.accelerator)
+    devices_per_worker: float = 1  # GPUs or TPU chips per worker
+    tpu_topology: str = ""  # multi-host TPU slices: e.g. 2x2x2
+    tpu_type: str = ""  # multi-host TPU slices: e.g. TPU-V4
     run_dir: str | None = dataclasses.field(default=None, metadata=config.PATH)  # None: runs/ddss-<timestamp>-<id>
     resume: bool = False  # continue run_dir from its latest checkpoint
 
@@ -57,8 +62,13 @@ class SearchConfig:
         config.check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
         config.check(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         config.check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        self.placement()  # a bad accelerator setting is refused here
         config.check_range(self.reference_samples, 2, config.MAX_SAMPLES, "reference_samples")
         config.check_range(self.seed, 0, config.MAX_SEED, "seed")
+
+    def placement(self) -> AcceleratorConfig:
+        """Where the workers run (pipeline.accelerator)."""
+        return AcceleratorConfig(self.accelerator, self.devices_per_worker, self.tpu_topology, self.tpu_type)
 
 
 def load(source=None, overrides: dict | None = None) -> SearchConfig:

@@ -33,7 +33,7 @@ from pipeline.samplers import ggdm
 
 TRAIN, VALIDATION = 1, 2  # key streams folded into key(seed)
 ARTEFACT = "sampler"  # RUN_DIR/sampler
-INVOCATION = ("run_dir", "resume", "workers")  # config keys that may change when a run is resumed
+INVOCATION = ("run_dir", "resume", "workers", "accelerator", "devices_per_worker", "tpu_topology", "tpu_type")  # config keys that may change when a run is resumed
 
 
 class SearchDiverged(UserError):
@@ -181,9 +181,11 @@ def search(cfg: SearchConfig | None = None, *, run_dir=None, resume: bool = Fals
             stored = config.load(SearchConfig, rundir.read_config(run_dir))
             if cfg is not None:
                 config.check_resume(config.to_dict(stored), config.to_dict(cfg), INVOCATION, run_dir)
-                stored = dataclasses.replace(stored, workers=cfg.workers)  # this invocation's, not the stored
+                # this invocation's, not the stored
+                stored = dataclasses.replace(stored, **{k: getattr(cfg, k) for k in INVOCATION[2:]})
             cfg = stored
         else:
             rundir.write_config(run_dir, cfg)
         workers = cfg.workers if workers is None else workers
-        return run_spmd(search_loop, config.to_dict(cfg), num_workers=workers, run_dir=run_dir, address=address)
+        return run_spmd(search_loop, config.to_dict(cfg), num_workers=workers, run_dir=run_dir, address=address,
+                        accelerator=cfg.placement())

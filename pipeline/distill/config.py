@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 from pipeline import config, schedules
+from pipeline.accelerator import AcceleratorConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,11 @@ class JobConfig:
     until: int = 1  # with round = -1: the step count of the last student
     max_rounds: int = 0  # with round = -1: run at most this many rounds (0: all; 1: "the next round")
     workers: int = 0  # Ray Train workers, one per host (0: in this process, no Ray)
-    worker_gpus: float = 0.0  # GPUs per worker (0: CPU workers)
+    worker_gpus: float = 0.0  # GPUs per worker (0: CPU workers); > 0 is accelerator gpu with these devices
+    accelerator: str = "cpu"  # where the workers run JAX: cpu | gpu | tpu (pipeline.accelerator)
+    devices_per_worker: float = 1  # GPUs or TPU chips per worker
+    tpu_topology: str = ""  # multi-host TPU slices: e.g. 2x2x2
+    tpu_type: str = ""  # multi-host TPU slices: e.g. TPU-V4
 
     def validate(self):
         config.check(bool(self.distill.teacher), "distill.teacher", "give the teacher's run directory (--teacher RUN_DIR)")
@@ -92,6 +97,15 @@ class JobConfig:
         config.check(self.max_rounds >= 0, "max_rounds", f"must be >= 0, got {self.max_rounds}")
         config.check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
         config.check(self.worker_gpus >= 0, "worker_gpus", f"must be >= 0, got {self.worker_gpus}")
+        config.check(not (self.worker_gpus and self.accelerator != "cpu"), "worker_gpus",
+                     "give either worker_gpus or accelerator, not both")
+        self.placement()  # a bad accelerator setting is refused here
+
+    def placement(self) -> AcceleratorConfig:
+        """Where the workers run (worker_gpus > 0: that many GPUs each)."""
+        if self.worker_gpus:
+            return AcceleratorConfig("gpu", self.worker_gpus)
+        return AcceleratorConfig(self.accelerator, self.devices_per_worker, self.tpu_topology, self.tpu_type)
 
 
 def load_job(source=None, overrides: dict | None = None) -> JobConfig:

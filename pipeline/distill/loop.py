@@ -50,14 +50,14 @@ def make_loss(cfg: dconfig.DistillConfig, r: int, teacher):
     return functools.partial(losses.round_loss, teacher_grid=jnp.asarray(grid, jnp.float32), **common)
 
 
-def make_train_step(loss_fn, optimizer, mesh, batch: int):
+def make_train_step(loss_fn, optimizer, mesh, batch: int, path: str | None = None):
     """step(state, teacher_params, x0, y, rows) -> (state, loss, ok): one Adam step on the global
     batch of `batch` rows (this process holds its `rows`, NumPy x0 and y; pipeline.distributed.grads); row i
     draws its noise from example_keys(fold_in(state["key"], step), batch)[i]; ok: the loss and
-    the gradient norm are finite."""
-    from pipeline.distributed.grads import ProcessGradients
+    the gradient norm are finite. path: grads.make_gradients' (default: by the mesh's platform)."""
+    from pipeline.distributed.grads import make_gradients
 
-    grads = ProcessGradients(lambda p, teacher, b: loss_fn(p, teacher, *b), mesh)
+    grads = make_gradients(lambda p, teacher, b: loss_fn(p, teacher, *b), mesh, path)
 
     def apply_gradient(state, g):
         updates, opt = optimizer.update(g, state["opt"], state["params"])

@@ -9,7 +9,9 @@ from pipeline import lock, rundir
 from pipeline.config import to_dict
 from pipeline.distill import rounds
 from pipeline.distill.config import DistillConfig, JobConfig
+from pipeline.data.loading import require_data
 from pipeline.errors import UserError
+from pipeline.teacher.config import load_config
 
 
 def _checked(cfg: DistillConfig) -> DistillConfig:
@@ -17,12 +19,15 @@ def _checked(cfg: DistillConfig) -> DistillConfig:
     if not cfg.teacher:
         raise UserError("no teacher: pass --teacher RUN_DIR (the guided teacher's run directory)")
     teacher = rundir.require_run_dir(cfg.teacher)
+    require_data(load_config(rundir.read_config(teacher)).data, "distillation (its training images)")
     return dataclasses.replace(cfg, teacher=teacher, dir=cfg.dir and os.path.abspath(cfg.dir))
 
 
 def run_round(cfg: DistillConfig, r: int, *, workers: int = 0, address: str | None = None,
-              worker_gpus: float = 0.0, log=print) -> dict:
-    """Run (or resume, or skip if finished) round r; returns its results.json record."""
+              worker_gpus: float = 0.0, log=print, accelerator=None) -> dict:
+    """Run (or resume, or skip if finished) round r; returns its results.json record. accelerator:
+    where the workers run (pipeline.accelerator.AcceleratorConfig; worker_gpus > 0 alone: gpu)."""
+    from pipeline.accelerator import AcceleratorConfig
     from pipeline.distill.loop import round_loop
     from pipeline.distributed.spmd import run_spmd
 
@@ -43,12 +48,13 @@ def run_round(cfg: DistillConfig, r: int, *, workers: int = 0, address: str | No
         d = rounds.prepare_round(cfg, root, r)
         log(f"round {r}: {cfg.steps_of(r)}-step student in {d}")
         run_spmd(round_loop, {"distill": to_dict(cfg), "round": r, "root": root}, num_workers=workers,
-                 run_dir=d, address=address, resources_per_worker={"GPU": worker_gpus} if worker_gpus else None)
+                 run_dir=d, address=address,
+                 accelerator=accelerator or (AcceleratorConfig("gpu", worker_gpus) if worker_gpus else None))
         return rundir.read_results(d)
 
 
 def run_until(cfg: DistillConfig, steps: int, *, max_rounds: int = 0, workers: int = 0, address: str | None = None,
-              worker_gpus: float = 0.0, log=print) -> list[dict]:
+              worker_gpus: float = 0.0, log=print, accelerator=None) -> list[dict]:
     """Run the rounds that make a `steps`-step student, starting at the first unfinished one
     (at most max_rounds of them; 0: all)."""
     cfg = _checked(cfg)
@@ -56,7 +62,8 @@ def run_until(cfg: DistillConfig, steps: int, *, max_rounds: int = 0, workers: i
     root = rounds.root_dir(cfg)
     todo = wanted[rounds.first_unfinished(root, len(wanted)):]
     todo = todo[:max_rounds] if max_rounds else todo
-    results = [run_round(cfg, r, workers=workers, address=address, worker_gpus=worker_gpus, log=log) for r in todo]
+    results = [run_round(cfg, r, workers=workers, address=address, worker_gpus=worker_gpus, log=log,
+                         accelerator=accelerator) for r in todo]
     if not results:
         log(f"the {steps}-step student is already finished: {rounds.round_dir(root, wanted[-1])}")
     return results
@@ -65,7 +72,7 @@ def run_until(cfg: DistillConfig, steps: int, *, max_rounds: int = 0, workers: i
 def run_job(job: JobConfig, *, address: str | None = None, log=print) -> list[dict]:
     """One round (job.round >= 0) or the schedule down to job.until steps (at most job.max_rounds
     rounds); the records of the rounds run."""
-    kw = dict(workers=job.workers, address=address, worker_gpus=job.worker_gpus, log=log)
+    kw = dict(workers=job.workers, address=address, accelerator=job.placement(), log=log)
     if job.round >= 0:
         return [run_round(job.distill, job.round, **kw)]
     return run_until(job.distill, job.until, max_rounds=job.max_rounds, **kw)

@@ -1,6 +1,7 @@
 """A finished student, ready to sample: `load_student(path)` and the evaluation artefact loader.
 
-    st = load_student("runs/teacher-x/distill")          # the last finished round, or a round dir
+    st = load_student("runs/teacher-x/distill@4")        # the finished 4-step round (ROOT@STEPS),
+                                                          # ROOT: its last finished round; or a round dir
     eps_fn = st.eps_fn(y, w=2.0)                          # one evaluation per step, guided by w
     x0 = samplers.sample("student-ddim", eps_fn, st.schedule, x_T, st.steps, grid=st.grid)
 
@@ -54,16 +55,36 @@ class Student:
         return denoiser.clip_x0_eps_fn(fn, self.schedule) if clip_x0 else fn
 
 
+def _finished_rounds(root: str) -> list[tuple[int, int]]:
+    """(round, steps) of the finished rounds under a distillation root, in round order."""
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    out = []
+    for r in (int(n[6:]) for n in names if n.startswith("round-") and n[6:].isdigit()):
+        if rounds.is_finished(root, r):
+            steps = rundir.read_config(rounds.round_dir(root, r)).get("steps")
+            out.append((r, steps))
+    return out
+
+
 def _round_dir(path: str) -> str:
-    """`path` itself if it is a round directory, else the last finished round under it."""
+    """The round directory `path` names: a round directory itself, ROOT@STEPS (the finished round
+    of ROOT whose student takes STEPS steps), or ROOT (its last finished round)."""
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(os.path.join(path, rounds.STUDENT)):
         return path
-    finished = sorted(n for n in (os.listdir(path) if os.path.isdir(path) else [])
-                      if n.startswith("round-") and rounds.is_finished(path, int(n[6:])))
+    root, at, steps = path.rpartition("@")
+    if not (at and steps.isdigit() and not os.path.isdir(path)):
+        root, steps = path, None
+    finished = _finished_rounds(root)
     if not finished:
-        raise UserError(f"{path} holds no finished distillation round (ddss distill writes ROOT/round-RR/student)")
-    return os.path.join(path, finished[-1])
+        raise UserError(f"{root} holds no finished distillation round (ddss distill writes ROOT/round-RR/student)")
+    if steps is None:
+        return rounds.round_dir(root, finished[-1][0])
+    for r, n in finished:
+        if n == int(steps):
+            return rounds.round_dir(root, r)
+    have = ", ".join(f"{root}@{n} (round {r})" for r, n in finished)
+    raise UserError(f"{root} holds no finished {int(steps)}-step student; its finished rounds: {have}")
 
 
 def load_student_params(root: str, r: int, like):
@@ -79,7 +100,8 @@ def load_student_params(root: str, r: int, like):
 
 
 def load_student(path) -> Student:
-    """The student of a round directory, or of the last finished round under a distillation root."""
+    """The student of a round directory, of ROOT@STEPS (the finished round of a distillation root
+    whose student takes STEPS steps), or of ROOT's last finished round."""
     from pipeline.teacher import model as tmodel
 
     d = _round_dir(path)

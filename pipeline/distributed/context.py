@@ -11,8 +11,11 @@ of processes, up to float reduction order.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import math
+import os
 import time
+import uuid
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -21,6 +24,11 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from pipeline import checkpoint, rundir
 
 DATA = "data"
+TENSORBOARD = "tensorboard"  # RUN_DIR/tensorboard/: the event files of report()
+# Ray Train takes one report per worker every ~2 s (its controller's poll; the worker's result
+# queue holds one), and each report is a barrier over the workers: send at most one every
+# TRAIN_REPORT_EVERY_S (the last one at close()), so that a loop reporting every step never waits.
+TRAIN_REPORT_EVERY_S = 10.0
 
 
 def make_mesh() -> Mesh:
@@ -37,6 +45,11 @@ class SpmdContext:
     mesh: Mesh
     process_index: int
     process_count: int
+    # Set on a Ray Train worker (spmd._worker_main): receives {"step", **metrics} (ray.train.report).
+    on_report: Callable[[dict], None] | None = dataclasses.field(default=None, repr=False)
+    _writer: Any = dataclasses.field(default=None, init=False, repr=False)
+    _pending: dict | None = dataclasses.field(default=None, init=False, repr=False)
+    _last_sent: float = dataclasses.field(default=-math.inf, init=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -94,11 +107,59 @@ class SpmdContext:
         return checkpoint.Checkpointer(rundir.checkpoint_dir(self.run_dir), **kw)
 
     def report(self, step: int, **metrics):
-        """Append {"step", "time", **metrics} to RUN_DIR/metrics.jsonl (process 0 only).
-        Values may be replicated JAX scalars: every process must call this."""
+        """Append {"step", "time", **metrics} to RUN_DIR/metrics.jsonl and the scalars among
+        them to TensorBoard event files in RUN_DIR/tensorboard/ (process 0 only); on a Ray Train
+        worker, also send them to Ray Train (its dashboard's Train view; at most one report every
+        TRAIN_REPORT_EVERY_S, the newest at close()). Values may be replicated JAX scalars:
+        every process must call this, the same number of times."""
         values = {k: _to_host(v) for k, v in metrics.items()}
+        now = time.time()
         if self.is_main:
-            rundir.append_metrics(self.run_dir, {"step": int(step), "time": time.time(), **values})
+            rundir.append_metrics(self.run_dir, {"step": int(step), "time": now, **values})
+            self._write_scalars(int(step), values, now)
+        if self.on_report is not None:
+            self._pending = {"step": int(step), **values}
+            if self._agree(time.monotonic() - self._last_sent >= TRAIN_REPORT_EVERY_S):
+                self._send()
+
+    def close(self, send: bool = True):
+        """After the loop, in every process: send the newest metrics Ray Train has not had yet
+        (send=False: not, e.g. after an error that not every process saw) and close the event
+        files. The context may report again afterwards (new event files)."""
+        if send and self.on_report is not None and self._pending is not None:
+            self._send()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _send(self):
+        self.on_report(self._pending)
+        self._pending, self._last_sent = None, time.monotonic()
+
+    def _agree(self, flag: bool) -> bool:
+        """Process 0's `flag` in every process (a time-based choice must be the same everywhere)."""
+        if self.process_count == 1:
+            return flag
+        from jax.experimental import multihost_utils
+
+        return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+    def _write_scalars(self, step: int, values: dict, walltime: float):
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        if not scalars:
+            return
+        if self._writer is None:
+            # tensorboardX: a maintained writer of standard event files that needs neither
+            # TensorFlow nor PyTorch, and is already installed with ray[train]. clu's
+            # metric_writers write TensorBoard files through tf.summary, i.e. TensorFlow, which
+            # this package does not depend on (only the optional tfgan venv has it).
+            from tensorboardX import SummaryWriter
+
+            # a file of its own (the default name, time in seconds + host, is reused within a second)
+            self._writer = SummaryWriter(os.path.join(self.run_dir, TENSORBOARD), flush_secs=10,
+                                         filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        for k, v in scalars.items():
+            self._writer.add_scalar(k, float(v), step, walltime=walltime)
 
     def update_results(self, updates: dict):
         """Merge `updates` into RUN_DIR/results.json (process 0 only)."""
@@ -106,31 +167,11 @@ class SpmdContext:
             rundir.update_results(self.run_dir, updates)
 
     def progress(self, total: int, initial: int = 0, desc: str = ""):
-        """A tqdm bar on process 0 (silent elsewhere). Off a terminal (a Ray worker's log, a
-        job's output) it prints a plain line every 10 s instead of redrawing."""
-        from tqdm.auto import tqdm
+        """A bar on process 0 (silent elsewhere): pipeline.progress.bar, whole lines every
+        few seconds off a terminal (a Ray worker's log, a job's output)."""
+        from pipeline import progress
 
-        live = sys.stderr.isatty()
-        return tqdm(
-            total=total, initial=initial, desc=desc, disable=not self.is_main, dynamic_ncols=live,
-            file=sys.stderr if live else _Lines(sys.stderr), mininterval=1.0 if live else 10.0,
-            ascii=not live,
-        )
-
-
-class _Lines:
-    """A file for tqdm that turns its carriage-return redraws into whole lines."""
-
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, s):
-        s = s.replace("\r", "").strip()
-        if s:
-            self._f.write(s + "\n")
-
-    def flush(self):
-        self._f.flush()
+        return progress.bar(total=total, initial=initial, desc=desc, disable=not self.is_main)
 
 
 def _to_host(v):

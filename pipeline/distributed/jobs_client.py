@@ -19,14 +19,27 @@ from pipeline.errors import UserError
 
 # Never uploaded with the working directory: environments, run outputs, VCS data, caches.
 EXCLUDES = [".venv", ".venv-tfgan", "runs", ".git", "bench/out", ".cache", "**/__pycache__", "*.egg-info",
-            ".pytest_cache"]
+            ".pytest_cache", "tests/data/kuberay"]  # the vendored CRDs (4 MB) are for tests only
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 ALLOW_ENV = "DDSS_ALLOW_MODULES"  # pipeline.models.build.ALLOW_ENV (not imported here: no JAX on submit)
 
 
+def _is_checkout(root: Path) -> bool:
+    return (root / "jobs").is_dir() and (root / "pipeline").is_dir() and (root / "pyproject.toml").is_file()
+
+
 def project_root() -> Path:
-    """The folder holding jobs/ and configs/ (the checkout this package is installed from)."""
-    return Path(__file__).resolve().parents[2]
+    """The checkout whose jobs/, configs/ and pipeline/ a job runs from (the working directory
+    `ddss submit` uploads): the one this package is installed from (`pip install -e`), from any
+    directory; else the current directory if it is a checkout. `pip install .` ships the default
+    configs inside the package (pipeline/configs) but not jobs/: such an install submits from a
+    checkout only."""
+    installed = Path(__file__).resolve().parents[2]
+    for root in (installed, Path.cwd()):
+        if _is_checkout(root):
+            return root
+    raise UserError(f"no jobs/ here or beside the installed package ({installed / 'pipeline'}): jobs are submitted "
+                    "from a checkout of ddss-pipeline; run this in one, or install it with pip install -e CHECKOUT")
 
 
 def job_names(root: Path | None = None) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from typing import Callable
 
 from pipeline.distributed.eval_actor import EvalActor, actor_options
@@ -103,13 +102,12 @@ class EvalPool:
         on_range_done(info) is called on the driver after each finished range with
         info = {"done": samples done, "busy": [(actor, node id)] of the actors holding a range}.
         """
-        from tqdm.auto import tqdm
+        from pipeline.progress import bar as progress_bar
 
         self.wait_prepared()
         jobs = [self._job(spec, keep_samples) for spec in specs]
         desc = f"evaluate {specs[0].sampler} K={specs[0].steps}" if len(specs) == 1 else f"evaluate {len(specs)} samplers"
-        with tqdm(total=sum(s.num_samples for s in specs), desc=desc, unit="sample", disable=not progress,
-                  file=sys.stderr, mininterval=1.0, dynamic_ncols=True) as bar:
+        with progress_bar(total=sum(s.num_samples for s in specs), desc=desc, unit="sample", disable=not progress) as bar:
             Run(self, jobs, blocks_per_range, bar, on_range_done, return_errors).run()
         return [job.outcome(self.references) for job in jobs]
 

@@ -50,7 +50,7 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
     if address:
         _join(address, loopback_only=check_address(address))
         return
-    with _single_machine_mode():
+    with _single_machine_mode(), _without_token_auth_notice():
         ray.init(
             address="local",  # a private Ray, even when a `ray start` head runs on this machine
             num_cpus=num_cpus,
@@ -58,6 +58,28 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None, dashb
             dashboard_host=LOOPBACK,
             runtime_env=None if dashboard else {"worker_process_setup_hook": f"{__name__}.quiet_loggers"},
         )
+
+
+# Ray >= 2.52 enables token authentication for a new local cluster and says so at WARNING on every
+# start. That notice (only it: the cluster keeps its token) is dropped for the private Ray.
+_TOKEN_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+_TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropTokenAuthNotice(logging.Filter):
+    def filter(self, record):
+        return not record.getMessage().startswith(_TOKEN_AUTH_NOTICE)
+
+
+@contextlib.contextmanager
+def _without_token_auth_notice():
+    """While a private Ray starts; joining a user's cluster keeps every message of Ray."""
+    log, notice = logging.getLogger(_TOKEN_SETUP_LOGGER), _DropTokenAuthNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
 
 
 _AUTH_SIGNS = ("AuthenticationError", "InvalidAuthToken", "Unauthenticated")

@@ -178,12 +178,15 @@ def merge(spec: EvalSpec, results: list[RangeResult]) -> tuple[np.ndarray, Any]:
 
 
 def metrics(features: np.ndarray, moments, reference: np.ndarray) -> dict:
-    """KID (generated features vs reference) and FD (merged moments, or the features' own if
-    None, vs the reference's), by pipeline.metrics (float64 NumPy)."""
+    """KID with its standard error (between blocks, or the jackknife's for one block) and FD
+    (merged moments, or the features' own if None, vs the reference's), by pipeline.metrics
+    (float64 NumPy)."""
     from pipeline import metrics as m
 
     moments = moments if moments is not None else m.FeatureMoments.from_features(features)
     kid, kid_std = m.kid_with_std(features, reference)
+    if kid_std is None:  # one block (<= 1024 samples): its jackknife error instead
+        kid_std = m.kid_jackknife_std(features, reference)
     return {"kid": kid, "kid_std": kid_std, "fd": m.frechet_distance(moments, m.FeatureMoments.from_features(reference))}
 
 

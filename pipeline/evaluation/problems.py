@@ -131,10 +131,12 @@ def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False) -> Pro
     "digit-classifier"), the flattened pixels for npz (label "pixels"), or with inception=True
     the images themselves, for the driver to put through Inception."""
     from pipeline import rundir
+    from pipeline.data.loading import require_data
     from pipeline.teacher.config import load_config
 
     run_dir, cache_dir = rundir.require_run_dir(run_dir, "teacher"), os.path.abspath(cache_dir)
     data = load_config(rundir.read_config(run_dir)).data
+    require_data(data, "an evaluation (FD/KID against the test split)")
     model = functools.partial(_load_teacher, run_dir)
     if data.name != "digits":
         reference = functools.partial(_data_reference, data, "test")

@@ -54,9 +54,8 @@ def accuracy(params, images, labels) -> float:
 
 def train_digit_classifier(seed: int = 0, steps: int = 1000, batch: int = 128, lr: float = 3e-3, progress: bool = True):
     """Train on the digits train split; returns (params, accuracy on the held-out test split)."""
-    from tqdm import tqdm
-
     from pipeline.data.digits import load_digits
+    from pipeline.progress import bar
 
     images, labels = load_digits("train")
     model = DigitCNN()
@@ -78,7 +77,7 @@ def train_digit_classifier(seed: int = 0, steps: int = 1000, batch: int = 128, l
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, value
 
-    for i in tqdm(range(steps), desc="digit classifier", disable=not progress, leave=False):
+    for i in bar(range(steps), desc="digit classifier", disable=not progress, leave=False):
         params, state, _ = step(params, state, i)
     test_images, test_labels = load_digits("test")
     return params, accuracy(params, test_images, test_labels)

@@ -72,13 +72,13 @@ def diffusion_loss(params, model, sched, batch, label_dropout: float, null_label
     return jnp.mean(jnp.square(eps_hat - eps))
 
 
-def make_train_step(model, sched, optimizer, cfg: TrainConfig, null_label: int, mesh):
+def make_train_step(model, sched, optimizer, cfg: TrainConfig, null_label: int, mesh, path: str | None = None):
     """step(state, x0, y, rows) -> (state, loss, ok): loss and gradient of the global batch (this
     process holds its `rows`, NumPy x0 and y; pipeline.distributed.grads), Adam, EMA; state,
-    loss and ok (loss and gradient norm finite) replicated over `mesh`."""
-    from pipeline.distributed.grads import ProcessGradients
+    loss and ok (loss and gradient norm finite) replicated over `mesh`; path: grads.make_gradients'."""
+    from pipeline.distributed.grads import make_gradients
 
-    grads = ProcessGradients(lambda p, _, b: diffusion_loss(p, model, sched, b, cfg.label_dropout, null_label), mesh)
+    grads = make_gradients(lambda p, _, b: diffusion_loss(p, model, sched, b, cfg.label_dropout, null_label), mesh, path)
 
     def apply_gradient(state, g):
         updates, opt = optimizer.update(g, state["opt"], state["params"])
@@ -189,14 +189,15 @@ def check_model(cfg: TeacherConfig, data_shape, num_classes: int):
 
 def train_teacher(cfg: TeacherConfig | None = None, *, run_dir=None, resume: bool = False, workers: int = 0,
                   address: str | None = None, overrides: dict | None = None, max_failures: int = 2,
-                  root="runs") -> tuple[str, dict]:
+                  root="runs", accelerator=None) -> tuple[str, dict]:
     """Train a teacher as an SPMD job on `workers` Ray Train workers (0: in this process), then
     write its sample grid and FD against the test split into the run directory.
 
     A new run (config cfg, default: the built-in defaults, plus dotted overrides) gets
     root/teacher-<time>-<id> unless run_dir names an empty or new directory. resume=True
     continues run_dir from its latest checkpoint with the run's own config.yaml (cfg is not
-    used; overrides may change RESUMABLE_KEYS only). Returns (run_dir, results["teacher"]).
+    used; overrides may change RESUMABLE_KEYS only). accelerator: where the workers run (a
+    pipeline.accelerator.AcceleratorConfig; default cpu). Returns (run_dir, results["teacher"]).
     """
     from pipeline.distributed.spmd import run_spmd
 
@@ -214,7 +215,7 @@ def train_teacher(cfg: TeacherConfig | None = None, *, run_dir=None, resume: boo
             check_model(cfg, *check_data(cfg.data))
         rundir.write_config(run_dir, cfg)
         out = run_spmd(teacher_loop, {"config": config.to_dict(cfg)}, num_workers=workers, run_dir=run_dir,
-                       address=address, max_failures=max_failures) or {}
+                       address=address, max_failures=max_failures, accelerator=accelerator) or {}
         out["workers"] = workers
         out["train_job_s"] = time.time() - t0  # including Ray and worker start-up
         out.update(check_teacher(run_dir))

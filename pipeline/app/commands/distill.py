@@ -19,9 +19,14 @@ def add_arguments(p):
     which.add_argument("--until", type=int, metavar="STEPS", help="run the rounds down to a STEPS-step student")
     p.add_argument("--dir", "--run-dir", dest="dir", metavar="D",
                    help="where the rounds go (default RUN_DIR/distill); a round found there resumes from its latest checkpoint")
-    p.add_argument("--config", default="configs/distill.yaml", help="a YAML distillation job config")
+    p.add_argument("--config", default="configs/distill.yaml",
+                   help="a YAML distillation job config (default configs/distill.yaml, shipped with the package, "
+                        "found from any directory)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. distill.seed=1 (repeatable)")
     p.add_argument("--workers", type=int, metavar="W", help="Ray Train workers (0: in this process, no Ray)")
+    from pipeline import accelerator
+
+    accelerator.add_arguments(p)
     p.add_argument("--address", help="a Ray cluster to join (default RAY_ADDRESS, else a local Ray on 127.0.0.1)")
 
 
@@ -32,7 +37,9 @@ def run(args) -> int:
 
     overrides = parse_sets(args.set)
     for key, value in (("distill.teacher", args.teacher), ("distill.dir", args.dir), ("round", args.round),
-                       ("until", args.until), ("workers", args.workers)):
+                       ("until", args.until), ("workers", args.workers), ("accelerator", args.accelerator),
+                       ("devices_per_worker", args.devices_per_worker), ("tpu_topology", args.tpu_topology),
+                       ("tpu_type", args.tpu_type)):
         if value is not None:
             overrides[key] = value
     if args.until is not None:

@@ -19,7 +19,8 @@ _FLAGS = {
 
 
 def add_arguments(p):
-    p.add_argument("--config", help="a YAML config (configs/evaluate.yaml); --set and flags override it")
+    p.add_argument("--config", help="a YAML config (e.g. configs/evaluate.yaml, shipped with the package, which lists "
+                                    "every key); --set and flags override it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. max_failures=1 (repeatable)")
     p.add_argument("--teacher", metavar="RUN_DIR", help="the teacher's run directory")
     p.add_argument("--sampler", metavar="NAME[:ARTEFACT]",
@@ -38,19 +39,37 @@ def add_arguments(p):
                    help="the run directory whose results.json gets the row (default: the teacher's run)")
     p.add_argument("--cache-dir", help="feature-network cache (default .cache)")
     p.add_argument("--worker-gpus", type=float, help="GPUs per actor (0.5: two actors per GPU)")
+    from pipeline import accelerator
+
+    accelerator.add_arguments(p)  # gpu/tpu: --devices-per-worker GPUs / TPU chips per actor (worker_gpus / worker_tpus)
     p.add_argument("--address", help="a Ray cluster to join (default RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+
+
+def actor_resources(args) -> dict:
+    """--accelerator and --devices-per-worker as EvaluateConfig's worker_gpus / worker_tpus."""
+    from pipeline import accelerator
+    from pipeline.errors import UserError
+
+    if args.tpu_topology or args.tpu_type:
+        raise UserError("--tpu-topology and --tpu-type are for SPMD jobs; evaluation actors take --devices-per-worker")
+    acc = accelerator.from_args(args)
+    if acc is None:
+        return {}
+    n = acc.devices_per_worker
+    return {"worker_gpus": n if acc.accelerator == "gpu" else 0.0, "worker_tpus": n if acc.accelerator == "tpu" else 0.0}
 
 
 def run(args) -> int:
     from pipeline import config
     from pipeline.config import parse_sets
-    from pipeline.app.evaluate_job import EvaluateConfig, eval_spec, run_evaluation
-    from pipeline.evaluation import preflight
+    from pipeline.app.evaluate_job import EvaluateConfig, run_evaluation
 
     overrides = parse_sets(args.set)
     overrides.update({key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None})
+    overrides.update(actor_resources(args))
     cfg = config.load(EvaluateConfig, args.config, overrides)
-    preflight(eval_spec(cfg))  # a bad teacher or artefact fails here, before any actor starts
+    # every check that needs no computation first, then Ray, then the teacher and artefact loaded
+    # and checked here: a bad input fails before any actor starts (run_evaluations)
     row = run_evaluation(cfg, address=args.address)
     print(json.dumps({k: row[k] for k in ("sampler", "steps", "nfe", "num_samples", "workers", "kid", "fd",
                                          "wall_s", "samples_per_s")}, indent=2))

@@ -3,7 +3,6 @@ student) into an .npz and a PNG grid, in this process."""
 from __future__ import annotations
 
 import os
-import sys
 
 NAME = "sample"
 HELP = ("Draw N samples of a teacher with a sampler (ddim, ddpm, accel-ddim, dpm-solver++2m, ...), a DDSS "
@@ -63,9 +62,7 @@ def check_flags(args):
 def run(args) -> int:
     import json
 
-    from tqdm.auto import tqdm
-
-    from pipeline import report
+    from pipeline import progress, report
     from pipeline.app.artefacts import eval_spec
     from pipeline.evaluation import Evaluator, sampling_problem
     from pipeline.io import atomic_write_npz
@@ -75,8 +72,7 @@ def run(args) -> int:
     spec = eval_spec(sampling_problem(args.teacher), args.sampler, args.steps, args.num_samples, seed=args.seed,
                      stride=args.stride, w=args.w, batch_size=min(args.batch_size, max(args.num_samples, 1)))
     ev = Evaluator(spec)  # loads and checks the teacher and the artefact
-    with tqdm(total=args.num_samples, desc=f"sample {args.sampler} K={args.steps}", unit="sample",
-              file=sys.stderr, mininterval=1.0) as bar:
+    with progress.bar(total=args.num_samples, desc=f"sample {args.sampler} K={args.steps}", unit="sample") as bar:
         images, labels = ev.generate(bar.update)
     arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
     atomic_write_npz(npz, arrays)

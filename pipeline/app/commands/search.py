@@ -13,7 +13,8 @@ EXAMPLE = "ddss search --teacher runs/teacher-digits --steps 5 --variant ggdm+pr
 # flag -> SearchConfig key
 _FLAGS = {"teacher": "teacher", "gmm": "gmm", "steps": "steps", "variant": "variant", "workers": "workers",
           "train_steps": "train_steps", "batch_size": "batch_size", "learning_rate": "learning_rate",
-          "seed": "seed", "cache_dir": "cache_dir"}
+          "seed": "seed", "cache_dir": "cache_dir", "accelerator": "accelerator",
+          "devices_per_worker": "devices_per_worker", "tpu_topology": "tpu_topology", "tpu_type": "tpu_type"}
 
 
 def add_arguments(p):
@@ -23,17 +24,21 @@ def add_arguments(p):
     p.add_argument("--gmm", metavar="PRESET", help="instead of a teacher: a Gaussian mixture with its exact denoiser (ring2d, mix16d)")
     p.add_argument("--steps", type=int, metavar="K", help="sampler steps (= model evaluations per sample)")
     p.add_argument("--variant", choices=VARIANTS, help="GGDM family (default ggdm+pred+time)")
-    p.add_argument("--config", help="a YAML config (configs/ddss_search.yaml); --set and flags override it")
+    p.add_argument("--config", help="a YAML config (e.g. configs/ddss_search.yaml, shipped with the package, which lists "
+                                    "every key); --set and flags override it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_samples=500 (repeatable)")
     p.add_argument("--run-dir", metavar="D", help="the run directory (default runs/ddss-<time>-<id>); must be new or empty")
     p.add_argument("--resume", action="store_true",
-                   help="continue --run-dir from its latest checkpoint with its config.yaml (only --workers may change)")
+                   help="continue --run-dir from its latest checkpoint with its config.yaml (only --workers and the accelerator flags may change)")
     p.add_argument("--workers", type=int, metavar="W", help="Ray Train workers (0: in this process, no Ray)")
     p.add_argument("--train-steps", type=int, metavar="N", help="gradient steps")
     p.add_argument("--batch-size", type=int, metavar="B", help="chains per step, global")
     p.add_argument("--learning-rate", type=float, metavar="LR")
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="feature-network cache (default .cache)")
+    from pipeline import accelerator
+
+    accelerator.add_arguments(p)
     p.add_argument("--address", help="a Ray cluster to join (default RAY_ADDRESS, else a local Ray on 127.0.0.1)")
 
 
@@ -41,6 +46,8 @@ def run(args) -> int:
     from pipeline import config, ddss, rundir
     from pipeline.teacher import model as tmodel
     from pipeline.config import parse_sets
+    from pipeline.data.loading import require_data
+    from pipeline.teacher.config import load_config
     from pipeline.errors import UserError
 
     overrides = parse_sets(args.set)
@@ -57,6 +64,12 @@ def run(args) -> int:
     else:
         cfg = ddss.load_config(args.config, overrides)
     if cfg.teacher:  # a missing, corrupt or mismatched teacher fails here, before the run directory is made
+        rundir.require_run_dir(cfg.teacher)
+        require_data(load_config(rundir.read_config(cfg.teacher)).data, "ddss search (its KID loss's reference)")
+        if cfg.workers:  # Ray's processes start before JAX's threads do (no fork of a process running JAX)
+            from pipeline.distributed.ray_init import ensure_ray
+
+            ensure_ray(args.address)
         tmodel.load_teacher(cfg.teacher)
     result = ddss.search(cfg, run_dir=args.run_dir, resume=args.resume, address=args.address)
     print(json.dumps(result, indent=2, sort_keys=True))

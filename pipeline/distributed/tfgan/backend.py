@@ -24,22 +24,48 @@ DEFAULT_VENV = PACKAGE.parent / ".venv-tfgan"
 CHUNK = 1024  # images sent to the actor per call
 
 
+def _venv(venv=None) -> Path:
+    return Path(venv or os.environ.get(VENV_ENV) or DEFAULT_VENV)
+
+
+_FIX = f"run `make tfgan-venv` (or set {VENV_ENV} to the venv's path)"
+
+
+def check_venv(venv=None) -> str:
+    """The tfgan venv's interpreter, checked before any work is done (well under a second, no
+    TensorFlow, no Ray import there): it exists, runs, and has this driver's Ray version installed
+    (read from its package metadata); else a one-line UserError saying how to create the venv."""
+    from importlib.metadata import version
+
+    driver = version("ray")
+    venv = _venv(venv)
+    python = venv / "bin" / "python"
+    if not os.access(python, os.X_OK):
+        raise UserError(f"tensorflow-gan venv not found: {python} does not exist; {_FIX}")
+    try:
+        probe = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('ray'))"],
+                               capture_output=True, text=True, timeout=60)
+        found = probe.stdout.strip() if probe.returncode == 0 else "none"
+    except (OSError, subprocess.TimeoutExpired):
+        found = "none"
+    if found != driver:
+        raise UserError(f"tensorflow-gan venv {venv} has ray {found}, the driver has ray {driver}; {_FIX}")
+    return str(python)
+
+
 def tfgan_python(venv=None) -> str:
-    """The tfgan venv's interpreter, checked to hold this driver's Ray version (a worker that
-    cannot start makes Ray retry for ever), or a UserError saying how to create the venv."""
+    """The tfgan venv's interpreter (check_venv), checked to import this driver's Ray version (a
+    worker that cannot start makes Ray retry for ever), or a UserError saying how to create the venv."""
     import ray
 
-    venv = Path(venv or os.environ.get(VENV_ENV) or DEFAULT_VENV)
-    python = venv / "bin" / "python"
-    fix = f"run `make tfgan-venv` (or set {VENV_ENV} to the venv's path)"
-    if not os.access(python, os.X_OK):
-        raise UserError(f"tensorflow-gan venv not found: {python} does not exist; {fix}")
-    probe = subprocess.run([str(python), "-c", "import ray; print(ray.__version__)"],
+    python = check_venv(venv)
+    venv = _venv(venv)
+    probe = subprocess.run([python, "-c", "import ray; print(ray.__version__)"],
                            capture_output=True, text=True, timeout=300)
     found = probe.stdout.strip() if probe.returncode == 0 else "none"
     if found != ray.__version__:
-        raise UserError(f"tensorflow-gan venv {venv} has ray {found}, the driver has ray {ray.__version__}; {fix}")
-    return str(python)
+        raise UserError(f"tensorflow-gan venv {venv} has ray {found}, the driver has ray {ray.__version__}; {_FIX}")
+    return python
 
 
 @contextlib.contextmanager
