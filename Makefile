@@ -6,8 +6,10 @@ TFGAN_VENV := .venv-tfgan
 STAMP := $(VENV)/.installed
 TFGAN_STAMP := $(TFGAN_VENV)/.installed
 PYTEST_ARGS ?= --durations=25
+# `make test` leaves out the minutes-long cluster-guide run (marker slow); `make test-slow` runs it.
+SLOW_ARGS ?= -m slow
 
-.PHONY: demo test venv tfgan-venv bench clean
+.PHONY: demo test test-slow venv tfgan-venv bench clean
 
 venv: $(STAMP)
 
@@ -31,7 +33,10 @@ demo: $(STAMP)
 	$(VENV)/bin/ddss demo
 
 test: $(STAMP) $(TFGAN_STAMP)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP) $(TFGAN_STAMP)
+	$(VENV)/bin/python -m pytest $(SLOW_ARGS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TFGAN_VENV) runs .cache

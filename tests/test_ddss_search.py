@@ -194,3 +194,45 @@ def test_resume_runs_on_the_workers_given_and_keeps_the_stored_config(tmp_path, 
     ddss.search(run_dir=run, resume=True, workers=1)
     assert ran == [2, 0, 2, 1]
     assert rundir.read_config(run)["workers"] == 2  # config.yaml: the workers the run started with
+
+
+def search_steps(steps=2):
+    """The loss and gradient of search.py's kid_loss at perturbed DDIM parameters, and the
+    parameters after `steps` of its make_train_step, on a 1-D mesh over all devices of this
+    process (batch 32: divisible by 4); JSON-able."""
+    from jax.flatten_util import ravel_pytree
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from pipeline.ddss.search import make_train_step
+    from pipeline.distributed.context import make_mesh
+
+    cfg = ddss.load_config(None, {**SEARCH, "batch_size": 32})
+    problem = build_problem(cfg)
+    chain = Chain(problem.model, problem.feature_fn, cfg.guidance)
+    mesh = make_mesh()
+    rep = lambda tree: jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))  # noqa: E731
+    params = ggdm.init_params(cfg.steps, cfg.variant, problem.model.schedule)
+    params = rep({k: v + 0.01 * jnp.cos(jnp.arange(v.size, dtype=jnp.float32).reshape(v.shape))
+                  for k, v in params.items()})
+    loss = kid_loss(chain, problem.reference, mesh, cfg.remat)
+    value, grads = jax.jit(jax.value_and_grad(lambda p: loss(p, jax.random.key(3), jnp.arange(cfg.batch_size))))(params)
+    state = rep(jax.device_get(init_state(cfg, problem.model.schedule)))
+    step = jax.jit(make_train_step(chain, problem.reference, mesh, cfg))
+    for _ in range(steps):
+        state, _, _, finite = step(state)
+        assert bool(finite)
+    ravel = lambda tree: np.asarray(ravel_pytree(jax.device_get(tree))[0]).tolist()  # noqa: E731
+    return jax.device_count(), float(value), ravel(grads), ravel(state["params"])
+
+
+def test_search_gradient_and_steps_on_four_devices_equal_one_device():
+    """search.py's KID gradient and train step on 1 process x 4 devices = 1 process x 1 device."""
+    from forced_devices import call_with_devices
+
+    devices, loss4, grad4, params4 = call_with_devices(4, "test_ddss_search", "search_steps")
+    assert devices == 4
+    _, loss1, grad1, params1 = search_steps()
+    assert loss4 == pytest.approx(loss1, rel=1e-5)
+    grad1, grad4 = np.asarray(grad1), np.asarray(grad4)
+    assert np.linalg.norm(grad4 - grad1) <= 1e-5 * np.linalg.norm(grad1)
+    np.testing.assert_allclose(np.asarray(params4), np.asarray(params1), rtol=1e-4, atol=1e-6)

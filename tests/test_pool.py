@@ -157,3 +157,49 @@ def test_lost_node_range_is_retried_with_the_same_numbers(pool_results, tmp_path
     out = json.loads(lines[-1][len("RESULT "):])
     assert out["removed"] == 1 and out["retried"] >= 1
     assert out["kid"] == pool_results[1]["kid"] and out["fd"] == pool_results[1]["fd"]
+
+
+NO_DEVICE = textwrap.dedent("""
+    import json, sys
+    import ray
+    from ray.cluster_utils import Cluster
+    sys.path.insert(0, {tests!r})
+    from test_evaluation_evaluator import spec
+    from pipeline.distributed import evaluation
+    from pipeline.errors import UserError
+
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, include_dashboard=False))
+    gpu = cluster.add_node(num_cpus=1, num_gpus=1)
+    ray.init(address=cluster.address)
+    out = {{}}
+    try:
+        try:
+            evaluation.evaluate(spec(), workers=1, resources={{"GPU": 1}}, progress=False)
+        except UserError as e:
+            out["error"] = str(e)
+        cpu = evaluation.evaluate(spec(), workers=1, resources={{"CPU": 1}}, progress=False)
+        out["cpu"] = {{"platforms": cpu["platforms"], "kid": cpu["kid"]}}
+        print("RESULT " + json.dumps(out))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+""")
+
+
+@pytest.mark.ray
+def test_an_actor_given_a_gpu_jax_cannot_see_stops_the_evaluation_with_one_line(pool_results, tmp_path):
+    """A Cluster whose second node declares a GPU (in a subprocess: the shared local Ray is
+    another): the actor asking for it lands there, its ready() finds only a CPU, and the
+    evaluation ends before any sampling with one line naming the node and what JAX sees; a CPU
+    actor on the same cluster evaluates as before and records its platform."""
+    script = tmp_path / "no_device.py"
+    script.write_text(NO_DEVICE.format(tests=os.path.dirname(__file__)))
+    env = dict(os.environ, RAY_ADDRESS="", JAX_PLATFORMS="")
+    env.pop("XLA_FLAGS", None)
+    rc, stdout, stderr = _run_reaping([sys.executable, str(script)], timeout=240, env=env)
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    assert rc == 0 and lines, stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert "\n" not in out["error"] and out["error"].startswith("node "), out
+    assert "was given 1 GPU but JAX sees [CpuDevice(id=0)]" in out["error"], out
+    assert out["cpu"] == {"platforms": {"cpu": 1}, "kid": pool_results[1]["kid"]}

@@ -34,7 +34,7 @@ class FakeRef:
         if self.actor.dead:
             raise ray.exceptions.ActorDiedError()
         if self.name == "ready":
-            return f"node-{self.actor.index}"
+            return f"node-{self.actor.index}", "cpu"  # (node id, platform)
         try:
             return getattr(self.actor.impl, self.name)(*self.args)
         except Exception as e:  # an error of the call's input: the actor lives on

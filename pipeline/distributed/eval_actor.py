@@ -24,12 +24,23 @@ class EvalActor:
         self.evaluators = collections.OrderedDict()  # evaluation number -> Evaluator, the latest few
         self.problems: dict = {}  # problem key -> Problem whose factories return the built objects
 
-    def ready(self) -> str:
+    def ready(self, resources: dict | None = None) -> tuple[str, str]:
+        """Import JAX (before any work) and check that it sees the GPUs or TPU chips among this
+        actor's Ray `resources` (else a UserError: one line naming the node and what JAX sees);
+        returns (node id, the platform JAX uses)."""
         import ray
 
-        import jax  # noqa: F401  (imported in the worker, before any work)
+        import jax
 
-        return ray.get_runtime_context().get_node_id()
+        from pipeline.accelerator import from_resources
+        from pipeline.distributed.spmd import _check_devices
+        from pipeline.errors import UserError
+
+        wanted = from_resources(resources)
+        problem = _check_devices(wanted.accelerator, wanted.devices_per_worker)
+        if problem:
+            raise UserError(problem)
+        return ray.get_runtime_context().get_node_id(), jax.devices()[0].platform
 
     def _problem(self, key: str, problem):
         if key not in self.problems:

@@ -74,7 +74,7 @@ def evaluate_many(specs, *, workers: int, address: str | None = None, backend: s
                    reference_samples=int(reference.shape[0]), workers=pool.workers, wall_s=wall,
                    samples_per_s=spec.num_samples / wall, steady_samples_per_s=stats.steady_rate(),
                    samples_per_cpu_s=spec.num_samples / stats.cpu_s, actors_started=stats.actors_started,
-                   retried=stats.retried)
+                   retried=stats.retried, platforms=pool.platforms())
         if keep_samples:
             out["samples"] = samples
         outs.append(out)

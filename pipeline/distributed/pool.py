@@ -6,6 +6,7 @@ actor. One pool serves any number of evaluations: `ddss demo` starts its actors 
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from typing import Callable
@@ -41,11 +42,13 @@ class EvalPool:
             raise UserError(f"--workers must be >= 1, got {workers}")
         self.workers, self.pin_cores, self.max_failures = workers, pin_cores, max_failures
         self._actor_cls = ray.remote(EvalActor)
+        self._resources = dict(resources or {"CPU": 1})  # what ready() checks JAX against
         self._opts = actor_options(resources, env)
         self.actors_started = 0
         self.starting: dict = {}  # ready ref -> actor
         self.idle: list = []
         self.node_of: dict = {}  # actor -> its node id
+        self.platform_of: dict = {}  # actor -> the platform its JAX uses
         self.number: dict = {}  # actor -> the order it was started in
         self.references: dict = {}  # problem key -> reference features
         self.preparing: list = []  # refs of prepare() calls the next run waits for
@@ -59,7 +62,11 @@ class EvalPool:
         actor = self._actor_cls.options(**self._opts).remote(core)
         self.number[actor] = self.actors_started
         self.actors_started += 1
-        self.starting[actor.ready.remote()] = actor
+        self.starting[actor.ready.remote(self._resources)] = actor
+
+    def platforms(self) -> dict:
+        """How many of the actors started so far used each platform: {"cpu": 2}."""
+        return dict(collections.Counter(self.platform_of.values()))
 
     def prepare(self, fn, *args):
         """Run fn(*args) (e.g. train the feature network into its cache) in one of the actors

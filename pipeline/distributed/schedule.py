@@ -165,15 +165,17 @@ class Run:
             self.busy[ref] = (actor, unit)
 
     def _started(self, ref):
-        """An actor answered ready() (it becomes idle) or was lost starting."""
+        """An actor answered ready() (it becomes idle), was lost starting, or failed its check
+        (JAX sees none of the devices it was given: that UserError, one line, ends the run)."""
         import ray
 
         actor = self.pool.starting.pop(ref)
         try:
-            self.pool.node_of[actor] = ray.get(ref)
+            self.pool.node_of[actor], self.pool.platform_of[actor] = ray.get(ref)
         except ray.exceptions.RayError as e:
             if not _is_lost(e):
-                raise
+                ray.kill(actor)
+                raise_task_error(e)
             self._lost(e)
             return
         self.pool.idle.append(actor)
