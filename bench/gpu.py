@@ -38,8 +38,9 @@ MODELS = {  # name -> (model import path, kwargs, data shape)
 REMAT = ("adjoint", "adjoint-unrolled", "step", "none")
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of fn() (blocked until ready) after one warm-up call."""
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(mean, std) seconds of fn() over `repeats` calls (blocked until ready), after one warm-up
+    call; the std is 0 for one call."""
     import jax
 
     jax.block_until_ready(fn())
@@ -48,7 +49,7 @@ def timed(fn, repeats: int) -> float:
         t = time.perf_counter()
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.fmean(times), statistics.stdev(times) if len(times) > 1 else 0.0
 
 
 def flops_of(compiled) -> float | None:
@@ -72,8 +73,8 @@ def matmul_peak(n: int, dtype: str, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     a, b = (jnp.asarray(rng.standard_normal((n, n), np.float32), dtype) for _ in range(2))
     f = jax.jit(jnp.matmul)
-    s = timed(lambda: f(a, b), repeats)
-    return {"dtype": dtype, "n": n, "s": s, "tflops": 2 * n**3 / s / 1e12}
+    s, s_std = timed(lambda: f(a, b), repeats)
+    return {"dtype": dtype, "n": n, "s": s, "s_std": s_std, "tflops": 2 * n**3 / s / 1e12}
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,9 +123,9 @@ def chain_throughput(model_name: str, dtype: str, batch: int, K: int, repeats: i
 
     chain = jax.jit(lambda p, x: samplers.run("ddim", eps(p), sched, x, grid)[0])
     one = jax.jit(lambda p, x: eps(p)(x, jnp.full((batch,), 0.5, jnp.float32))).lower(params, x_T).compile()
-    s = timed(lambda: chain(params, x_T), repeats)
+    s, s_std = timed(lambda: chain(params, x_T), repeats)
     per_call = flops_of(one)
-    return {"model": model_name, "dtype": dtype, "batch": batch, "K": K, "s": s, "samples_per_s": batch / s,
+    return {"model": model_name, "dtype": dtype, "batch": batch, "K": K, "s": s, "s_std": s_std, "samples_per_s": batch / s,
             "flops_per_chain": None if per_call is None else per_call * K,
             "tflops": None if per_call is None else per_call * K / s / 1e12}
 
@@ -150,11 +151,11 @@ def ddss_step(model_name: str, K: int, remat: str, batch: int, repeats: int) -> 
     t = time.perf_counter()
     step = jax.jit(jax.value_and_grad(lambda p: loss(p, jax.random.key(0), jnp.arange(batch)))).lower(params).compile()
     compile_s = time.perf_counter() - t
-    s = timed(lambda: step(params), repeats)
+    s, s_std = timed(lambda: step(params), repeats)
     value, grads = jax.device_get(step(params))
     finite = bool(np.isfinite(value) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)))
     return {"model": model_name, "K": K, "remat": remat, "batch": batch, "temp_bytes": int(step.memory_analysis().temp_size_in_bytes),
-            "compile_s": compile_s, "step_s": s, "finite": finite, "process_peak_bytes_in_use": peak_bytes(jax.devices()[0])}
+            "compile_s": compile_s, "step_s": s, "step_s_std": s_std, "finite": finite, "process_peak_bytes_in_use": peak_bytes(jax.devices()[0])}
 
 
 def teacher_steps(model_name: str, batch: int, steps: int) -> dict:
@@ -191,19 +192,20 @@ def teacher_steps(model_name: str, batch: int, steps: int) -> dict:
 def table(out: dict) -> str:
     peak = {m["dtype"]: m["tflops"] for m in out["matmul"]}
     lines = [f"device: {out['meta']['device_kind']} x {out['meta']['device_count']} ({out['meta']['platform']})", "",
-             "| matmul | n | TFLOP/s |", "|---|---:|---:|"]
-    lines += [f"| {m['dtype']} | {m['n']} | {m['tflops']:.1f} |" for m in out["matmul"]]
-    lines += ["", "| chain (DDIM) | dtype | batch | K | samples/s | TFLOP/s | of bf16 matmul peak |", "|---|---|---:|---:|---:|---:|---:|"]
+             "| matmul | n | s (mean ± std) | TFLOP/s |", "|---|---:|---:|---:|"]
+    lines += [f"| {m['dtype']} | {m['n']} | {m['s']:.2e} ± {m['s_std']:.1e} | {m['tflops']:.1f} |" for m in out["matmul"]]
+    lines += ["", "| chain (DDIM) | dtype | batch | K | s (mean ± std) | samples/s | TFLOP/s | of bf16 matmul peak |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for c in out["chain"]:
         tf = "-" if c["tflops"] is None else f"{c['tflops']:.2f}"
         frac = "-" if c["tflops"] is None else f"{100 * c['tflops'] / peak['bfloat16']:.1f}%"
-        lines.append(f"| {c['model']} | {c['dtype']} | {c['batch']} | {c['K']} | {c['samples_per_s']:.0f} | {tf} | {frac} |")
+        lines.append(f"| {c['model']} | {c['dtype']} | {c['batch']} | {c['K']} | {c['s']:.3g} ± {c['s_std']:.1g} | {c['samples_per_s']:.0f} | {tf} | {frac} |")
     ks = sorted({d["K"] for d in out["ddss"]})
     lines += ["", "| DDSS step (" + out["ddss"][0]["model"] + f", batch {out['ddss'][0]['batch']}) | "
-              + " | ".join(f"K={k}: temp MiB / step s" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+              + " | ".join(f"K={k}: temp MiB / step s (± std)" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
     for r in dict.fromkeys(d["remat"] for d in out["ddss"]):
         by = {d["K"]: d for d in out["ddss"] if d["remat"] == r}
-        lines.append(f"| {r} | " + " | ".join(f"{by[k]['temp_bytes'] / 2**20:.1f} / {by[k]['step_s']:.3f}" for k in ks) + " |")
+        lines.append(f"| {r} | " + " | ".join(f"{by[k]['temp_bytes'] / 2**20:.1f} / {by[k]['step_s']:.3f} ± {by[k]['step_s_std']:.3f}" for k in ks) + " |")
     lines += ["", "| teacher step | batch | steps/s | examples/s |", "|---|---:|---:|---:|"]
     lines += [f"| {t['model']} | {t['batch']} | {t['steps_per_s']:.1f} | {t['examples_per_s']:.0f} |" for t in out["teacher"]]
     return "\n".join(lines)

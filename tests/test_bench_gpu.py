@@ -34,15 +34,15 @@ def test_smoke_writes_every_measurement_as_finite_numbers(tmp_path):
     assert meta["smoke"] is True and meta["platform"] == "cpu" and meta["device_count"] >= 1
     assert _finite(meta["seconds"]) and meta["jax"]
     assert {m["dtype"] for m in r["matmul"]} == {"bfloat16", "float32"}
-    assert all(_finite(m["tflops"], m["s"]) and m["tflops"] > 0 for m in r["matmul"])
+    assert all(_finite(m["tflops"], m["s"], m["s_std"]) and m["tflops"] > 0 and m["s_std"] >= 0 for m in r["matmul"])
     assert {c["dtype"] for c in r["chain"]} == {"bfloat16", "float32"}
     for c in r["chain"]:
-        assert _finite(c["samples_per_s"], c["s"], c["tflops"], c["flops_per_chain"]) and c["samples_per_s"] > 0, c
+        assert _finite(c["samples_per_s"], c["s"], c["s_std"], c["tflops"], c["flops_per_chain"]) and c["samples_per_s"] > 0, c
     ks = sorted({d["K"] for d in r["ddss"]})
     assert len(ks) >= 2
     for d in r["ddss"]:
         assert isinstance(d["temp_bytes"], int) and d["temp_bytes"] > 0 and d["finite"] is True, d
-        assert _finite(d["step_s"], d["compile_s"]) and d["remat"] in ("adjoint", "adjoint-unrolled", "step", "none")
+        assert _finite(d["step_s"], d["step_s_std"], d["compile_s"]) and d["remat"] in ("adjoint", "adjoint-unrolled", "step", "none")
     assert r["ddss_memory_ratio"] and all(_finite(v) and v > 0 for v in r["ddss_memory_ratio"].values())
     for t in r["teacher"]:
         assert _finite(t["steps_per_s"], t["examples_per_s"], t["final_loss"], t["first_step_s"]) and t["finite"] is True, t
