@@ -53,13 +53,12 @@ class EvaluateConfig:
         config.check(bool(self.teacher), "teacher", "give the teacher's run directory (--teacher RUN_DIR)")
         name, sep, artefact = self.sampler.partition(":")
         config.check(bool(name) and (not sep or bool(artefact)), "sampler", f"expected NAME or NAME:ARTEFACT, got {self.sampler!r}")
-        config.check(1 <= self.steps <= MAX_STEPS, "steps", f"must be in [1, {MAX_STEPS}], got {self.steps}")
-        config.check(2 <= self.num_samples <= MAX_SAMPLES, "num_samples",
-                     f"must be in [2, {MAX_SAMPLES}] (KID needs two), got {self.num_samples}")
+        config.check_range(self.steps, 1, MAX_STEPS, "steps")
+        config.check_range(self.num_samples, 2, MAX_SAMPLES, "num_samples", " (KID needs two)")
         config.check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2**32 - 1], got {self.seed}")
         config.check(self.workers >= 1, "workers", f"must be >= 1, got {self.workers}")
         config.check(self.w is None or math.isfinite(self.w), "w", f"must be a finite guidance weight, got {self.w}")
-        config.check(1 <= self.batch_size <= MAX_BATCH, "batch_size", f"must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        config.check_range(self.batch_size, 1, MAX_BATCH, "batch_size")
         config.check(self.kid_samples is None or self.kid_samples >= 2, "kid_samples", "must be >= 2")
         config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}")
         config.check(self.metrics_backend in METRICS_BACKENDS, "metrics_backend",

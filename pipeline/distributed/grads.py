@@ -99,8 +99,7 @@ class ProcessGradients:
         @functools.partial(jax.jit, donate_argnums=0)
         def update(state, flat):
             loss, grads = self.unravel_like(state["params"], flat)
-            ok = jnp.isfinite(loss) & jnp.isfinite(jnp.sqrt(jnp.sum(jnp.square(flat[1:]))))
-            return apply_gradient(state, grads), loss, ok
+            return apply_gradient(state, grads), loss, finite_step(loss, grads)
 
         def step(state, rows_data, rows: slice, aux=None):
             flat = self(state["params"], rows_data, state["key"], state["step"], rows, batch_size, aux=aux)
@@ -145,14 +144,17 @@ class GlobalMeshGradients:
         @functools.partial(jax.jit, donate_argnums=0, out_shardings=self._rep)
         def update(state, batch, aux):
             loss, grads = self._value_and_grad(state["params"], aux, batch, state["key"], state["step"], batch_size)
-            flat = ravel_pytree(grads)[0]
-            ok = jnp.isfinite(loss) & jnp.isfinite(jnp.sqrt(jnp.sum(jnp.square(flat))))
-            return apply_gradient(state, grads), loss, ok
+            return apply_gradient(state, grads), loss, finite_step(loss, grads)
 
         def step(state, rows_data, rows: slice, aux=None):
             return update(state, self.global_rows(rows_data, batch_size), aux)
 
         return step
+
+
+def finite_step(loss, grads):
+    """The loss and the gradient's squared global norm are finite (no raveled copy of the gradient)."""
+    return jnp.isfinite(loss) & jnp.isfinite(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
 
 
 def _flat(loss, grads):
