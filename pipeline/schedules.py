@@ -87,32 +87,99 @@ def get(name: str) -> Schedule:
     return _SCHEDULES[name]()
 
 
-STRIDES = ("linear", "quadratic", "logsnr")
+STRIDES = ("linear", "quadratic", "logsnr", "karras", "leading", "trailing", "linspace")
+HALVING_STRIDES = ("linear", "quadratic", "logsnr")  # time_grid(2K)[::2] == time_grid(K) (distillation)
+DIFFUSERS_STRIDES = ("leading", "trailing", "linspace")  # diffusers' DDIMScheduler timestep_spacing
+DIFFUSERS_N = 1000  # training timesteps of the discrete schedule those spacings index
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
+KARRAS_SIGMA_MIN = 0.002  # EDM's sigma_min (Karras et al. 2022, table 1)
 
 
-def time_grid(K: int, stride: str = "quadratic", schedule: Schedule | None = None) -> np.ndarray:
-    """K+1 decreasing times from 1.0 to 0.0 (float64 NumPy).
+def time_grid(K: int, stride: str = "quadratic", schedule: Schedule | None = None, t_max: float = 1.0) -> np.ndarray:
+    """K+1 strictly decreasing times, first t_max (diffusers' spacings: their first timestep), last 0.0
+    (float64 NumPy). `schedule` (default cosine) is used by logsnr and karras only.
 
-    linear:    t_i = 1 - i/K                    (DDIM's uniform skip, Song et al. 2021, sec. C.2)
-    quadratic: t_i = (1 - i/K)^2                (DDIM's quadratic skip: dense near the data)
-    logsnr:    logsnr(t_i) uniform between logsnr(1) and min(logsnr(0), 20), last time 0.
+    stride     what a user knows it as                        t_i, i = 0..K (t_K = 0 always)
+    linear     DDIM "uniform" skip (Song et al. 2021, C.2)     t_max (1 - i/K)
+    quadratic  DDIM "quadratic" skip                           t_max (1 - i/K)^2
+    logsnr     uniform log-SNR (DPM-Solver's "logSNR")         logsnr(t_i) uniform from logsnr(t_max)
+                                                               to min(logsnr(0), 20)
+    karras     EDM / diffusers use_karras_sigmas, rho = 7     sigma_i = (smax^(1/rho) + i/(K-1)
+               (Karras et al. 2022, eq. 5)                     (smin^(1/rho) - smax^(1/rho)))^rho, i < K, in
+                                                               sigma_edm = sigma/alpha; smax = sigma_edm(t_max),
+                                                               smin = max(0.002, sigma_edm(min(logsnr(0), 20)))
+    leading    diffusers timestep_spacing="leading"           t_max (n_i + 1)/N, n from diffusers_timesteps
+    trailing   diffusers timestep_spacing="trailing"          (N = 1000 training steps, DiscreteSchedule's
+    linspace   diffusers timestep_spacing="linspace"           convention t = (n + 1)/N, scaled by t_max)
     """
     if not isinstance(K, (int, np.integer)) or isinstance(K, bool) or K < 1:
         raise UserError(f"steps K must be an integer >= 1, got {K!r}")
     choose("stride", stride, STRIDES)
+    check_t_max(t_max)
+    t_max = float(t_max)
     u = 1.0 - np.arange(K + 1, dtype=np.float64) / K
     if stride == "linear":
-        grid = u
+        grid = t_max * u
     elif stride == "quadratic":
-        grid = u * u
+        grid = t_max * (u * u)
+    elif stride in DIFFUSERS_STRIDES:
+        n = diffusers_timesteps(K, stride).astype(np.float64)
+        grid = np.append(t_max * ((n + 1.0) / DIFFUSERS_N), 0.0)
     else:
         sched = schedule or get("cosine")
         lam_hi = min(float(sched.logsnr(np.float64(0.0))), LOGSNR_MAX)
-        lam_lo = float(sched.logsnr(np.float64(1.0)))
-        lam = lam_lo + (1.0 - u) * (lam_hi - lam_lo)
+        lam_lo = float(sched.logsnr(np.float64(t_max)))
+        if stride == "logsnr":
+            lam = lam_lo + (1.0 - u) * (lam_hi - lam_lo)
+        else:
+            s_min = max(KARRAS_SIGMA_MIN, math.exp(-0.5 * lam_hi))
+            lam = np.append(-2.0 * np.log(karras_sigmas(K, math.exp(-0.5 * lam_lo), s_min)), lam_hi)
         grid = np.array(sched.t_from_logsnr(lam), dtype=np.float64, copy=True)
-        grid[0], grid[-1] = 1.0, 0.0
-    return np.asarray(grid, dtype=np.float64)
+        grid[0], grid[-1] = t_max, 0.0
+    grid = np.asarray(grid, dtype=np.float64)
+    if not np.all(np.diff(grid) < 0):
+        raise UserError(f"the {stride} grid of {K} steps with t_max={t_max} is not strictly decreasing "
+                        f"(t_max too close to 0 for this schedule)")
+    return grid
+
+
+def check_t_max(t_max) -> float:
+    """t_max, the grid's first time, if it is a finite number in (0, 1]; else a one-line UserError."""
+    if isinstance(t_max, bool) or not isinstance(t_max, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(t_max) or not 0.0 < t_max <= 1.0:
+        raise UserError(f"t_max must be a number in (0, 1], got {t_max!r}")
+    return float(t_max)
+
+
+def karras_sigmas(K: int, sigma_max: float, sigma_min: float, rho: float = KARRAS_RHO) -> np.ndarray:
+    """EDM's K noise levels sigma_i = (smax^(1/rho) + i/(K-1) (smin^(1/rho) - smax^(1/rho)))^rho,
+    i = 0..K-1 (Karras et al. 2022, eq. 5; K = 1: [sigma_max]); float64."""
+    if K == 1:
+        return np.array([sigma_max], dtype=np.float64)
+    r = np.arange(K, dtype=np.float64) / (K - 1)
+    hi, lo = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (hi + r * (lo - hi)) ** rho
+
+
+def diffusers_timesteps(K: int, spacing: str, N: int = DIFFUSERS_N) -> np.ndarray:
+    """The K decreasing integer timesteps of diffusers' DDIMScheduler.set_timesteps (steps_offset 0)
+    for `spacing` over N training steps (diffusers src/diffusers/schedulers/scheduling_ddim.py;
+    Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", table 2):
+      leading:  arange(K) * (N // K), reversed
+      trailing: round(arange(N, 0, -N / K)) - 1  (NumPy's arange with its float step, as diffusers;
+                the extra last element ~0 that arange gives for some K, e.g. 61, is dropped)
+      linspace: round(linspace(0, N - 1, K)), reversed
+    More steps than N would repeat timesteps: a one-line UserError (K <= N gives K distinct ones)."""
+    choose("spacing", spacing, DIFFUSERS_STRIDES)
+    if K > N:
+        raise UserError(f"stride {spacing!r} indexes {N} training timesteps: at most {N} steps, got {K}")
+    if spacing == "leading":
+        n = (np.arange(K) * (N // K))[::-1]
+    elif spacing == "trailing":
+        n = np.round(np.arange(N, 0, -N / K))[:K] - 1
+    else:
+        n = np.round(np.linspace(0, N - 1, K))[::-1]
+    return np.asarray(n).astype(np.int64)
 
 
 class DiscreteSchedule:

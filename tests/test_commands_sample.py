@@ -75,6 +75,37 @@ def test_sample_writes_the_evaluation_samples_and_never_overwrites(teachers, tmp
     assert snapshot(tmp_path) == {k.replace("ddim.npz", "moved.npz"): v for k, v in before.items()}
 
 
+def test_stride_t_max_and_clipping_reach_the_samples(teachers, tmp_path, capsys):
+    """--stride trailing --t-max 0.9 --no-clip-x0: the public samplers.sample on the grid written
+    out by hand (diffusers' trailing timesteps 999, 499 of 0..999 -> t = 0.9 (n + 1) / 1000, then 0)
+    with the teacher's unclipped eps_fn; the clipped eps_fn gives other samples. The teacher's
+    parameters are shifted off their initial values: an output layer of zeros predicts eps = 0,
+    with which clipping changes only pixels that end clipped to [-1, 1] anyway."""
+    from cli_fixtures import _write_teachers
+
+    t = _write_teachers(tmp_path / "teachers", shifted=lambda a: a + 0.05)["shifted"]
+    out = tmp_path / "trailing.npz"
+    argv = ["sample", "--teacher", t, "--steps", 2, "--num-samples", 6, "--batch-size", 6,
+            "--stride", "trailing", "--t-max", 0.9, "--no-clip-x0", "--out", out]
+    assert cli.main([str(a) for a in argv]) == 0
+    capsys.readouterr()
+    with np.load(out, allow_pickle=False) as z:
+        images = z["images"]
+    teacher = tmodel.load_teacher(t)
+    keys = [jax.random.fold_in(jax.random.fold_in(jax.random.key(0), i), 0) for i in range(6)]
+    x_T = jnp.stack([jax.random.normal(k, (8, 8, 1), jnp.float32) for k in keys])
+    y = jnp.arange(6) % 10
+    grid = np.array([0.9, 0.45, 0.0])
+    ref = samplers.sample("ddim", teacher.eps_fn(y, clip_x0=False), teacher.schedule, x_T, steps=2, grid=grid)
+    np.testing.assert_allclose(images, np.clip(np.asarray(ref), -1.0, 1.0), atol=1e-5)
+    clipped = samplers.sample("ddim", teacher.eps_fn(y), teacher.schedule, x_T, steps=2, grid=grid)
+    assert np.abs(np.clip(np.asarray(clipped), -1, 1) - images).max() > 1e-2
+    for value in ("0", "1.5", "nan"):
+        fails(["sample", "--teacher", t, "--t-max", value, "--out", tmp_path / "s.npz"], capsys,
+              "--t-max must be in (0, 1]")
+    assert sorted(os.listdir(tmp_path)) == ["teachers", "trailing.npz", "trailing.png"]
+
+
 def test_diverging_sampler_is_one_line_and_writes_nothing(teachers, tmp_path, capsys):
     t = teachers["inf"]
     fails(["sample", "--teacher", t, "--steps", 2, "--num-samples", 4, "--out", tmp_path / "s.npz"], capsys,

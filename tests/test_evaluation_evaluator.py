@@ -104,6 +104,62 @@ def test_ggdm_artefact_of_ddim_evaluates_like_ddim(tmp_path):
         E.Evaluator(artefacts.eval_spec(PROBLEM, f"ggdm:{path}", steps=5, num_samples=8))
 
 
+def test_stride_and_t_max_make_the_grid_an_artefact_grid_overrides():
+    """The spec's grid is time_grid(steps, stride, t_max=t_max), written out here; the samples are
+    the public samplers.sample on that grid; a Plan's own grid ignores stride and t_max."""
+    from pipeline import samplers
+    from pipeline.evaluation.evaluator import resolve
+
+    model = PROBLEM.model()
+    s = spec("ddim", n=16, batch=16, stride="linear", t_max=0.5)
+    grid = resolve(s, model).grid
+    np.testing.assert_allclose(grid, 0.5 * (1 - np.arange(9) / 8), rtol=1e-15, atol=1e-17)
+    trailing = resolve(spec("ddim", stride="trailing", t_max=0.8), model).grid  # 999, 874, .., 124 of 0..999
+    np.testing.assert_allclose(trailing, np.append(0.8 * (np.arange(999, 0, -125) + 1) / 1000, 0.0), rtol=1e-15)
+    x_T, _, _ = E.sample_inputs(jax.random.key(s.seed), np.arange(16, dtype=np.int32), (3,), 0)
+    ref = samplers.sample("ddim", model.eps_fn(), model.schedule, x_T, 8, grid=grid)
+    x = E.Evaluator(s).samples(0)[0]
+    np.testing.assert_allclose(x, np.asarray(ref), atol=1e-5)
+    assert np.abs(x - E.Evaluator(spec("ddim", n=16, batch=16, stride="linear")).samples(0)[0]).max() > 0.1
+
+    own = np.array([1.0, 0.6, 0.3, 0.1, 0.0])
+    planned = E.EvalSpec(PROBLEM, "ddim:own-grid", steps=4, num_samples=8, t_max=0.5, stride="karras",
+                         plan=lambda m: E.Plan(grid=own))
+    np.testing.assert_array_equal(resolve(planned, model).grid, own)
+
+
+class ClippableMixture:
+    """The mixture's exact denoiser behind a teacher-like eps_fn(y, w, clip_x0) (denoiser.clip_x0_eps_fn)."""
+
+    def __init__(self, analytic):
+        self.analytic, self.schedule, self.data_shape, self.num_classes = analytic, analytic.schedule, analytic.data_shape, 0
+
+    def eps_fn(self, y=None, w=None, clip_x0: bool = True):
+        from pipeline.models.denoiser import clip_x0_eps_fn
+
+        fn = self.analytic.eps_fn(y, w)
+        return clip_x0_eps_fn(fn, self.schedule) if clip_x0 else fn
+
+
+def test_clip_x0_reaches_the_models_eps_fn():
+    """clip_x0=True: DDIM's last data prediction is clipped, so the samples stay within [-1, 1] (up
+    to sigma(0) ~ 5e-5 times eps); False: the mixture's own samples, whose means lie at +-2. A model
+    whose eps_fn takes no clip_x0 (the analytic mixture: exact, never clipped) ignores it."""
+    from pipeline.evaluation.evaluator import with_clip
+
+    clippable = E.Problem(model=lambda: ClippableMixture(PROBLEM.model()))
+    kw = dict(steps=8, num_samples=64, batch_size=64, seed=3)
+    clipped = E.Evaluator(E.EvalSpec(clippable, "ddim", **kw)).samples(0)[0]
+    unclipped = E.Evaluator(E.EvalSpec(clippable, "ddim", clip_x0=False, **kw)).samples(0)[0]
+    exact = E.Evaluator(E.EvalSpec(PROBLEM, "ddim", **kw)).samples(0)[0]
+    exact_unclipped = E.Evaluator(E.EvalSpec(PROBLEM, "ddim", clip_x0=False, **kw)).samples(0)[0]
+    assert np.abs(clipped).max() <= 1.001 and np.abs(unclipped).max() > 1.5
+    np.testing.assert_allclose(unclipped, exact, atol=1e-5)
+    np.testing.assert_array_equal(exact_unclipped, exact)
+    factory = PROBLEM.model().eps_fn
+    assert with_clip(factory, False) is factory and with_clip(factory, True) is factory
+
+
 def test_bad_input_is_one_line():
     with pytest.raises(UserError, match="no-such-sampler"):
         E.Evaluator(E.EvalSpec(PROBLEM, "no-such-sampler", steps=4, num_samples=8))
@@ -160,3 +216,24 @@ def test_tfgan_backend_scores_as_pipeline_metrics(local_ray, local_result):
     ours, theirs = score(x, None, ref, "jax"), score(x, None, ref, "tfgan")
     assert theirs["kid"] == pytest.approx(ours["kid"], rel=1e-4)
     assert theirs["fd"] == pytest.approx(ours["fd"], rel=1e-4)
+
+
+def test_specs_differing_in_grid_and_seed_share_one_compilation_and_stay_exact():
+    """A tuning's evaluations (other strides, t_max, seeds) reuse one jitted block on the same
+    model and feature objects, and each still gives the samplers.sample result on its own grid
+    and from its own seed."""
+    from pipeline import samplers
+    from pipeline.evaluation.evaluator import resolve
+
+    model = PROBLEM.model()
+    fixed = E.Problem(model=lambda: model, reference=PROBLEM.reference)  # one model object, as an actor keeps it
+    specs = [E.EvalSpec(fixed, "ddim", steps=6, num_samples=16, batch_size=16, seed=seed, stride=stride, t_max=t)
+             for seed, stride, t in [(3, "linear", 1.0), (4, "karras", 0.99), (5, "leading", 1.0)]]
+    evs = [E.Evaluator(s) for s in specs]
+    assert evs[0]._fn is evs[1]._fn is evs[2]._fn
+    other = E.Evaluator(E.EvalSpec(fixed, "ddim", steps=6, num_samples=16, batch_size=16, clip_x0=False))
+    assert other._fn is not evs[0]._fn  # another clipping setting is another program
+    for s, ev in zip(specs, evs):
+        x_T, _, _ = E.sample_inputs(jax.random.key(s.seed), np.arange(16, dtype=np.int32), (3,), 0)
+        ref = samplers.sample("ddim", model.eps_fn(), model.schedule, x_T, 6, grid=resolve(s, model).grid)
+        np.testing.assert_allclose(ev.samples(0)[0], np.asarray(ref), atol=1e-5)

@@ -31,10 +31,16 @@ def test_split_sampler_and_spec_validation():
         split_sampler("ggdm:")
     p = Problem(model=lambda: None)
     for kw, match in [({"steps": 0}, "--steps"), ({"num_samples": 1}, "--num-samples"),
-                      ({"batch_size": 0}, "batch size"), ({"kid_samples": 1}, "kid_samples")]:
+                      ({"batch_size": 0}, "batch size"), ({"kid_samples": 1}, "kid_samples"),
+                      ({"t_max": 0.0}, r"t_max must be a number in \(0, 1\], got 0.0"), ({"t_max": 1.01}, "t_max"),
+                      ({"t_max": float("nan")}, "t_max"), ({"clip_x0": "no"}, "clip_x0 must be true or false")]:
         args = {"steps": 4, "num_samples": 10, **kw}
-        with pytest.raises(UserError, match=match):
+        with pytest.raises(UserError, match=match) as e:
             EvalSpec(p, "ddim", args.pop("steps"), args.pop("num_samples"), **args).validate()
+        assert "\n" not in str(e.value)
+    s = EvalSpec(p, "ddim", 4, 10).validate()
+    assert (s.stride, s.t_max, s.clip_x0) == ("quadratic", 1.0, True)  # the defaults: the grids and clipping of before
+    assert EvalSpec(p, "ddim", 4, 10, t_max=0.5, clip_x0=False).validate().t_max == 0.5
 
 
 def test_blocks_cover_every_index_once():

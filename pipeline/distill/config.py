@@ -42,7 +42,8 @@ class DistillConfig:
     def validate(self):
         n = self.start_steps
         config.check(1 <= n <= 4096 and n & (n - 1) == 0, "start_steps", f"must be a power of two in [1, 4096], got {n}")
-        config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}, got {self.stride!r}")
+        config.check(self.stride in schedules.HALVING_STRIDES, "stride",  # rounds halve the steps: grids must nest
+                     f"must be one of {', '.join(schedules.HALVING_STRIDES)} (grids that nest under halving), got {self.stride!r}")
         config.check(-20.0 <= self.logsnr_start <= 0.0, "logsnr_start", f"must be in [-20, 0], got {self.logsnr_start}")
         config.check(math.isfinite(self.w_min) and 0.0 <= self.w_min <= self.w_max, "w_min", f"need 0 <= w_min <= w_max, got [{self.w_min}, {self.w_max}]")
         config.check(math.isfinite(self.w_max), "w_max", f"must be finite, got {self.w_max}")

@@ -8,8 +8,10 @@ gives the samples themselves (`ddss sample`).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import inspect
 import time
 from typing import Any, Callable
 
@@ -61,7 +63,8 @@ def check_sampler(spec: EvalSpec) -> tuple[str, str | None]:
 
 def resolve(spec: EvalSpec, model) -> Resolved:
     """Load the spec's artefact (if any) for `model` and check it: sampler name, step count,
-    grid, the model it was made for (UserError, one line)."""
+    grid, the model it was made for (UserError, one line). The grid is the artefact's own if its
+    Plan has one (the spec's stride and t_max ignored), else time_grid(steps, stride, t_max=t_max)."""
     from pipeline import schedules
 
     name, artefact = check_sampler(spec)
@@ -69,11 +72,23 @@ def resolve(spec: EvalSpec, model) -> Resolved:
     steps = spec.steps
     if plan.steps is not None and plan.steps != steps:
         raise UserError(f"{spec.sampler} was made for {plan.steps} steps, not --steps {steps}")
-    grid = plan.grid if plan.grid is not None else schedules.time_grid(steps, spec.stride, model.schedule)
+    grid = plan.grid if plan.grid is not None else schedules.time_grid(steps, spec.stride, model.schedule, t_max=spec.t_max)
     grid = np.asarray(grid, np.float64)
     if grid.shape != (steps + 1,):
         raise UserError(f"{spec.sampler}: its time grid has {grid.shape[0] - 1} steps, not {steps}")
     return Resolved(name, plan, grid, spec.w if spec.w is not None else plan.w)
+
+
+def with_clip(make_eps: Callable, clip_x0: bool) -> Callable:
+    """The factory (y, w) -> eps_fn with x0 clipping `clip_x0`, for a factory that takes clip_x0
+    (the teacher's, a student's: denoiser.clip_x0_eps_fn). A factory without it (AnalyticModel's
+    exact mixture denoiser, whose data is not confined to [-1, 1]) never clips and is returned as
+    it is: clip_x0 has nothing to act on there."""
+    try:
+        takes = "clip_x0" in inspect.signature(make_eps).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): assume the plain (y, w)
+        takes = False
+    return (lambda y, w: make_eps(y, w, clip_x0=clip_x0)) if takes else make_eps
 
 
 def preflight(spec: EvalSpec) -> None:
@@ -84,6 +99,39 @@ def preflight(spec: EvalSpec) -> None:
     resolve(spec, spec.problem.model())
 
 
+_BLOCKS: collections.OrderedDict = collections.OrderedDict()  # compiled block functions, newest last
+KEEP_BLOCKS = 16
+
+
+def _block_fn(model, feature_fn, name: str, make_eps: Callable, w, what: tuple) -> Callable:
+    """The jitted block(idx, grid, key, kwargs) -> (x0, features, bad) of sampler `name` on `model`:
+    the grid, the seed's key and the artefact's array arguments are its inputs, so specs that
+    differ only in them (other strides, t_max, seeds: a tuning's evaluations) share one
+    compilation. Kept for the same model and feature objects (an actor keeps both per problem) and
+    the same `what` (sampler with its artefact, clipping), the KEEP_BLOCKS latest."""
+    import jax
+
+    from pipeline import samplers
+
+    key = (id(model), id(feature_fn), name, w, what)
+    hit = _BLOCKS.get(key)
+    if hit is not None and hit[0] is model and hit[1] is feature_fn:
+        _BLOCKS.move_to_end(key)
+        return hit[2]
+    shape, classes, sched = tuple(model.data_shape), int(getattr(model, "num_classes", 0) or 0), model.schedule
+
+    def block(idx, grid, key, kw):
+        x_T, kn, y = sample_inputs(key, idx, shape, classes)
+        x0, bad = samplers.run(name, make_eps(y, w), sched, x_T, grid, key=kn, **kw)
+        return x0, feature_fn(x0), bad
+
+    fn = jax.jit(block)
+    _BLOCKS[key] = (model, feature_fn, fn)
+    while len(_BLOCKS) > KEEP_BLOCKS:
+        _BLOCKS.popitem(last=False)
+    return fn
+
+
 class Evaluator:
     """Builds the model, sampler plan and feature function of `spec` once; `run(b0, b1)`
     generates and featurizes blocks [b0, b1)."""
@@ -92,26 +140,19 @@ class Evaluator:
         import jax
         import jax.numpy as jnp
 
-        from pipeline import samplers
-
         check_sampler(spec)  # a bad name fails before the model is loaded
         self.spec = spec
         model = spec.problem.model()
         r = resolve(spec, model)
         self.model = model
         self.feature_fn = spec.problem.features() if spec.problem.features is not None else pixel_features
-        make_eps = r.plan.eps_fn or model.eps_fn
-        self.num_classes = num_classes = int(getattr(model, "num_classes", 0) or 0)
-        shape = tuple(model.data_shape)
-        name, grid, w, sched, seed, kw = r.name, r.grid, r.w, model.schedule, spec.seed, dict(r.plan.kwargs)
-        feature_fn = self.feature_fn
+        self.num_classes = int(getattr(model, "num_classes", 0) or 0)
+        self._fn = _block_fn(model, self.feature_fn, r.name, with_clip(r.plan.eps_fn or model.eps_fn, spec.clip_x0),
+                             r.w, (spec.sampler, spec.clip_x0))
+        self._args = (jnp.asarray(r.grid, jnp.float32), jax.random.key(spec.seed), dict(r.plan.kwargs))
 
-        def block(idx):
-            x_T, kn, y = sample_inputs(jax.random.key(seed), idx, shape, num_classes)
-            x0, bad = samplers.run(name, make_eps(y, w), sched, x_T, jnp.asarray(grid, jnp.float32), key=kn, **kw)
-            return x0, feature_fn(x0), bad
-
-        self._block = jax.jit(block)
+    def _block(self, idx):
+        return self._fn(idx, *self._args)
 
     def samples(self, b: int):
         """(samples, features) of block b, valid rows only, as NumPy."""

@@ -42,7 +42,8 @@ class Plan:
     """What an artefact changes in the sampling of the teacher.
 
     kwargs: extra sampler keyword arguments (e.g. {"params": ggdm_params});
-    grid: an explicit decreasing time grid of steps+1 times (default: time_grid(steps, stride));
+    grid: an explicit decreasing time grid of steps+1 times (default: time_grid(steps, stride,
+    t_max=t_max) of the spec; a grid given here ignores the spec's stride and t_max);
     eps_fn: a denoiser factory (y, w) -> eps_fn(x, t) replacing model.eps_fn (a distilled student);
     steps: the step count the artefact was made for (None: any; else --steps must match);
     w: the guidance weight it was made for (used when the evaluation gives none).
@@ -67,6 +68,11 @@ def split_sampler(sampler: str) -> tuple[str, str | None]:
 class EvalSpec:
     """One evaluation: `num_samples` samples of `sampler` (NAME or NAME:ARTEFACT) at `steps`.
 
+    stride, t_max: the time grid, schedules.time_grid(steps, stride, t_max=t_max) (x_T ~ N(0, I)
+    stands for the state at its first time); an artefact that brings its own times (a Plan's grid,
+    GGDM's parameters) ignores both. clip_x0: the model's data prediction clipped to [-1, 1]
+    (the teacher's and a student's eps_fn(y, w, clip_x0=...)); a model whose eps_fn takes no
+    clip_x0 (an analytic mixture) is exact and never clipped, so it ignores it.
     plan: for NAME:ARTEFACT, a picklable loader model -> Plan that reads the artefact (built by
     pipeline.app.artefacts.eval_spec, which knows the methods); None: the sampler takes none.
     """
@@ -77,6 +83,8 @@ class EvalSpec:
     num_samples: int
     seed: int = 0
     stride: str = "quadratic"
+    t_max: float = 1.0
+    clip_x0: bool = True
     w: float | None = None
     batch_size: int = 100
     kid_samples: int | None = None  # KID on the first kid_samples samples (None: all)
@@ -92,6 +100,11 @@ class EvalSpec:
             raise UserError(f"batch size must be >= 1, got {self.batch_size}")
         if self.kid_samples is not None and self.kid_samples < 2:
             raise UserError(f"kid_samples must be >= 2, got {self.kid_samples}")
+        if not isinstance(self.clip_x0, bool):
+            raise UserError(f"clip_x0 must be true or false, got {self.clip_x0!r}")
+        from pipeline.schedules import check_t_max
+
+        check_t_max(self.t_max)
         return self
 
     @property

@@ -59,6 +59,8 @@ class SampleConfig:
         config.check_range(self.steps, 1, config.MAX_STEPS, "sample.steps")
         config.check_range(self.seed, 0, config.MAX_SEED, "sample.seed")
         config.check(self.stride in schedules.STRIDES, "sample.stride", f"must be one of {', '.join(schedules.STRIDES)}")
+        config.check(self.stride not in schedules.DIFFUSERS_STRIDES or self.steps <= schedules.DIFFUSERS_N, "sample.steps",
+                     f"stride {self.stride!r} takes at most {schedules.DIFFUSERS_N} steps, got {self.steps}")
         config.check(self.guidance >= 0, "sample.guidance", f"must be >= 0, got {self.guidance}")
         config.check_range(self.per_class, 1, 1000, "sample.per_class")
         config.check_range(self.fd_samples, 0, config.MAX_SAMPLES, "sample.fd_samples")

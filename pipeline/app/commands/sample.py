@@ -21,7 +21,12 @@ def add_arguments(p):
     p.add_argument("--num-samples", type=int, metavar="N", default=100, help="how many (default 100)")
     p.add_argument("--out", metavar="OUT.npz", required=True, help="the .npz to write; the grid goes to OUT.png")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stride", choices=["linear", "quadratic", "logsnr"], default="quadratic")
+    from pipeline import schedules
+
+    p.add_argument("--stride", choices=schedules.STRIDES, default="quadratic", help="the time grid (default quadratic)")
+    p.add_argument("--t-max", type=float, metavar="T", default=1.0, help="the grid's first time, in (0, 1] (default 1.0)")
+    p.add_argument("--no-clip-x0", dest="clip_x0", action="store_false",
+                   help="do not clip the model's data prediction to [-1, 1] (clipped by default)")
     p.add_argument("--w", type=float, metavar="GUIDANCE", help="classifier-free guidance weight (default: the teacher's)")
     p.add_argument("--batch-size", type=int, default=100, help="samples per jitted block (default 100)")
     p.add_argument("--grid", type=int, default=100, metavar="G", help="samples in the PNG grid (default 100)")
@@ -57,6 +62,8 @@ def check_flags(args):
             raise UserError(f"{flag} must be in [{low}, {high}], got {value}")
     if args.w is not None and not math.isfinite(args.w):
         raise UserError(f"--w must be a finite guidance weight, got {args.w}")
+    if not (math.isfinite(args.t_max) and 0.0 < args.t_max <= 1.0):
+        raise UserError(f"--t-max must be in (0, 1], got {args.t_max}")
 
 
 def run(args) -> int:
@@ -70,7 +77,8 @@ def run(args) -> int:
     check_flags(args)
     npz, png = outputs(args.out)
     spec = eval_spec(sampling_problem(args.teacher), args.sampler, args.steps, args.num_samples, seed=args.seed,
-                     stride=args.stride, w=args.w, batch_size=min(args.batch_size, max(args.num_samples, 1)))
+                     stride=args.stride, t_max=args.t_max, clip_x0=args.clip_x0, w=args.w,
+                     batch_size=min(args.batch_size, max(args.num_samples, 1)))
     ev = Evaluator(spec)  # loads and checks the teacher and the artefact
     with progress.bar(total=args.num_samples, desc=f"sample {args.sampler} K={args.steps}", unit="sample") as bar:
         images, labels = ev.generate(bar.update)
