@@ -14,8 +14,9 @@ from pipeline.errors import UserError
 from pipeline.samplers import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ALL = ["accel-ddim", "accel-ddpm", "ddim", "ddpm", "dpm-solver++2m", "ggdm", "ipndm", "student-ddim", "student-stochastic"]
-FAMILIES = ["pipeline.samplers." + m for m in ("baseline", "accel", "ggdm", "student")]
+ALL = ["accel-ddim", "accel-ddpm", "ddim", "ddpm", "dpm-solver++2m", "dpm-solver++3m", "ggdm", "ipndm", "student-ddim",
+       "student-stochastic", "unipc-2", "unipc-3"]
+FAMILIES = ["pipeline.samplers." + m for m in ("baseline", "accel", "ggdm", "multistep", "student")]
 
 
 @pytest.fixture

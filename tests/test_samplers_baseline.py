@@ -13,6 +13,7 @@ from pipeline import samplers, schedules
 from pipeline.models.analytic import GaussianMixture
 
 BASELINES = ["ddim", "ddpm", "dpm-solver++2m", "ipndm"]
+MULTISTEP = ["dpm-solver++3m", "unipc-2", "unipc-3"]  # tests/test_samplers_multistep.py; here their NaN and NFE checks
 M1, S1 = 0.5, 0.5  # the 1-D Gaussian target N(M1, S1^2)
 GAUSS = GaussianMixture(np.array([[M1]]), np.array([S1]), np.array([1.0]))
 MEANS = np.array([[1.5, -0.5], [-1.0, 1.0]])
@@ -97,7 +98,7 @@ def test_ddpm_with_many_steps_matches_the_mixture_moments():
     assert np.all(np.abs(np.cov(x0.T) - cov) < 5 * se_cov), (np.cov(x0.T), cov)
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", BASELINES + MULTISTEP)
 def test_nan_eps_raises_naming_sampler_and_step(name):
     sched = schedules.get("cosine")
     inner = GMM.eps_fn(sched)
@@ -112,7 +113,7 @@ def test_nan_eps_raises_naming_sampler_and_step(name):
     assert np.all(np.isfinite(np.asarray(x0)))
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", BASELINES + MULTISTEP)
 def test_nfe_counts_model_evaluations(name):
     sched = schedules.get("linear")
     assert model_calls(name, GMM.eps_fn(sched), sched, jnp.zeros((4, 2)), 5) == samplers.nfe(name, 5) == 5

@@ -3,7 +3,7 @@
 Importing this package imports every sampler family, so each registers itself and the
 registry is full (the registry itself imports no family).
 """
-from pipeline.samplers import accel, baseline, ggdm, student  # noqa: F401  (they register themselves)
+from pipeline.samplers import accel, baseline, ggdm, multistep, student  # noqa: F401  (they register themselves)
 from pipeline.samplers.chain import scan_chain
 from pipeline.samplers.registry import SamplerDiverged, get, names, nfe, register, run, sample
 

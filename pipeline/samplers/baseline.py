@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pipeline.samplers.chain import coeffs, eps_at, noise_like, scan_chain
+from pipeline.samplers.multistep import dpm_multistep
 from pipeline.samplers.registry import register
-from pipeline.samplers.steps import data_step, ddim_step, x0_from_eps
+from pipeline.samplers.steps import ddim_step
 
 
 def _ddim_chain(eps_fn, sched, x_T, grid, key, eta: float):
@@ -35,22 +36,7 @@ def ddpm(eps_fn, sched, x_T, grid, key=None):
 def dpm_solver_pp_2m(eps_fn, sched, x_T, grid, key=None):
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): multistep data prediction, first-order first
     and last steps (the last step may reach logsnr = +inf, where h is infinite)."""
-    K = grid.shape[0] - 1
-
-    def step(state, i, t, s):
-        x = state["x"]
-        a_t, s_t, a_s, s_s = coeffs(sched, t, s)
-        x0 = x0_from_eps(x, eps_at(eps_fn, x, t), a_t, s_t)
-        h = 0.5 * (sched.logsnr(s) - sched.logsnr(t))  # lambda = log(alpha / sigma)
-        second = (i > 0) & (i < K - 1)
-        r = jnp.where(second, state["h_prev"] / jnp.where(second, h, 1.0), 1.0)
-        c = jnp.where(second, 0.5 / r, 0.0)
-        d = (1.0 + c) * x0 - c * state["x0_prev"]
-        return {"x": data_step(x, d, a_t, s_t, a_s, s_s), "x0_prev": x0, "h_prev": jnp.where(second | (i == 0), h, 0.0)}
-
-    init = {"x": x_T, "x0_prev": jnp.zeros_like(x_T), "h_prev": jnp.zeros((), x_T.dtype)}
-    state, bad = scan_chain(step, init, grid)
-    return state["x"], bad
+    return dpm_multistep(eps_fn, sched, x_T, grid, 2)
 
 
 # Adams-Bashforth weights of iPNDM's eps combination, by order 1..4 (row), for
@@ -68,7 +54,9 @@ IPNDM_WEIGHTS = np.array(
 @register("ipndm")
 def ipndm(eps_fn, sched, x_T, grid, key=None):
     """iPNDM: a DDIM step with the Adams-Bashforth combination of the last four eps
-    predictions, lower orders while the history fills (Zhang & Chen 2023)."""
+    predictions, lower orders while the history fills (Zhang & Chen 2023).
+    Its recommended grid: EDM's polynomial in sigma/alpha with rho = 7 (Zhou et al. 2024, "Fast ODE-based
+    Sampling for Diffusion Models in Around 5 Steps", CVPR; DEIS's own code runs it on a time-uniform grid)."""
 
     def step(state, i, t, s):
         x = state["x"]
