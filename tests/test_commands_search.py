@@ -44,3 +44,20 @@ def test_resume_honours_workers(gmm_search, tmp_path, capsys, monkeypatch):
     assert cli.main(["search", "--resume", "--run-dir", run, "--workers", "0"]) == 0, capsys.readouterr().err[-2000:]
     assert rundir.read_results(run)["ddss_search"]["processes"] == 1
     assert rundir.read_config(run)["workers"] == 2
+
+
+def test_grid_lr_schedule_and_selection_flags_reach_the_config(capsys, monkeypatch):
+    """--stride/--t-max (the grid the search starts from), --lr-schedule and --select-by set their
+    config keys; a t_max outside (0, 1] is one line, exit 2."""
+    given = []
+    monkeypatch.setattr(ddss, "search", lambda cfg, **kw: given.append(cfg) or {"ok": True})
+    argv = ["search", "--gmm", "ring2d", "--workers", "0", "--stride", "karras", "--t-max", "0.9",
+            "--lr-schedule", "constant", "--select-by", "kid", "--set", "holdout_fraction=0.1"]
+    assert cli.main(argv) == 0
+    cfg = given[0]
+    got = (cfg.stride, cfg.t_max, cfg.lr_schedule, cfg.select_by, cfg.holdout_fraction)
+    assert got == ("karras", 0.9, "constant", "kid", 0.1)
+    assert cli.main(["search", "--gmm", "ring2d", "--workers", "0"]) == 0
+    assert (given[1].stride, given[1].t_max, given[1].lr_schedule, given[1].select_by) == ("quadratic", 1.0, "cosine", "fd")
+    capsys.readouterr()
+    fails(["search", "--gmm", "ring2d", "--t-max", "1.5"], capsys, "'t_max'", "(0, 1]")

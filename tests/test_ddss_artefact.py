@@ -147,3 +147,26 @@ def test_params_that_are_no_npz_and_meta_of_wrong_types_are_one_line(tmp_path):
     with open(f"{deep}/meta.json", "w") as f:
         f.write("[" * 100_000)
     assert "is unreadable" in _refusal(deep)
+
+
+def test_t_max_travels_in_the_params_and_is_checked(tmp_path):
+    """A +TIME artefact started below t = 1 keeps its t_max (a scalar) in params.npz, so that
+    load_ggdm's params sample on the same times; meta.json records stride and t_max."""
+    params = {k: np.asarray(v) for k, v in ggdm.init_params(3, "ggdm+pred+time", "cosine", "karras", t_max=0.9).items()}
+    path = save_artefact(tmp_path / "k", params, {"schedule": "cosine", "stride": "karras", "t_max": 0.9})
+    art = load_artefact(path)
+    assert art["params"]["t_max"].shape == () and float(art["params"]["t_max"]) == np.float32(0.9)
+    assert art["meta"]["stride"] == "karras" and art["meta"]["t_max"] == 0.9
+    np.testing.assert_allclose(np.asarray(ggdm.model_times(art["params"])),
+                               schedules.time_grid(3, "karras", schedules.get("cosine"), 0.9)[:-1], rtol=1e-6, atol=1e-7)
+    for name, value, expect in (("far", np.float32(1.5), "t_max is 1.5, expected a time in (0, 1]"),
+                                ("vector", np.full(3, 0.9, np.float32), "t_max has shape (3,), expected []"),
+                                ("inf", np.float32(np.inf), "t_max holds non-finite")):
+        assert expect in _refusal(save_artefact(tmp_path / name, {**params, "t_max": value}, {}))
+    fixed = {k: np.asarray(v) for k, v in ggdm.init_params(3, "ggdm+pred", "cosine").items()}
+    with pytest.raises(UserError, match="not GGDM parameters"):  # fixed times already say where they start
+        save_artefact(tmp_path / "fixed", {**fixed, "t_max": np.float32(0.9)}, {})
+    for key, value in (("t_max", 0.0), ("t_max", "0.9"), ("stride", 7)):
+        bad = save_artefact(tmp_path / f"{key}-{value!r}", params, {})
+        _rewrite(bad, **{key: value})
+        assert f"meta.json {key!r} must be" in _refusal(bad)

@@ -1,6 +1,7 @@
 """DDSS search on a Gaussian mixture with its exact denoiser: the loss against a float64 KID written
 here, the sharded gradient on 2 real Ray workers against one process, SIGKILL + resume against an
 uninterrupted run, divergence, the artefact, and bad input."""
+import dataclasses
 import os
 import signal
 import subprocess
@@ -57,6 +58,117 @@ def _final_state(run_dir):
     with checkpoint.Checkpointer(rundir.checkpoint_dir(run_dir)) as ck:
         assert ck.latest_step() == cfg.train_steps
         return jax.device_get(ck.restore(target))
+
+
+def test_a_zero_step_search_from_a_tuned_grid_is_ddim_on_that_grid(tmp_path):
+    """Started from karras at t_max 0.9, the step-0 artefact samples exactly as DDIM on
+    time_grid(K, "karras", t_max=0.9), and it says which grid it started from."""
+    from pipeline import schedules
+
+    cfg = ddss.load_config(None, {**SEARCH, "stride": "karras", "t_max": 0.9, "train_steps": 0, "eval_samples": 64,
+                                  "batch_size": 32})
+    result = ddss.search(cfg, run_dir=tmp_path / "run")
+    assert result["best_step"] == 0 and result["stride"] == "karras" and result["t_max"] == 0.9
+    art = ddss.load_artefact(tmp_path / "run")
+    assert art["meta"]["stride"] == "karras" and art["meta"]["t_max"] == 0.9 and art["meta"]["best_step"] == 0
+    problem = build_problem(cfg)
+    gm, sched = problem.model.mixture, problem.model.schedule
+    x_T = jax.random.normal(jax.random.key(11), (256, 2), jnp.float32)
+    grid = schedules.time_grid(4, "karras", sched, 0.9)
+    ddim = samplers.sample("ddim", gm.eps_fn(sched), sched, x_T, steps=4, grid=grid)
+    mine = samplers.sample("ggdm", gm.eps_fn(sched), sched, x_T, steps=4, key=jax.random.key(0), params=art["params"])
+    np.testing.assert_allclose(np.asarray(mine), np.asarray(ddim), rtol=1e-4, atol=1e-4)
+    assert np.abs(np.asarray(ddim) - np.asarray(samplers.sample("ddim", gm.eps_fn(sched), sched, x_T, steps=4))).max() > 1e-2
+
+
+def test_a_search_that_only_gets_worse_keeps_its_initial_parameters(tmp_path):
+    """Every step at a learning rate this large worsens validation FD: the artefact is exactly the
+    initial (DDIM) parameters, best_step 0, and results.json's initial and best FD agree."""
+    from helpers import read_metrics
+
+    cfg = ddss.load_config(None, {**SEARCH, "steps": 3, "batch_size": 32, "train_steps": 4, "eval_every": 1,
+                                  "eval_samples": 256, "checkpoint_every": 100, "learning_rate": 0.5,
+                                  "lr_schedule": "constant"})
+    ddss.search(cfg, run_dir=tmp_path / "run")
+    fd = {m["step"]: m["val_fd"] for m in read_metrics(tmp_path / "run") if "val_fd" in m}
+    assert sorted(fd) == [0, 1, 2, 3, 4] and all(fd[n] > fd[0] for n in (1, 2, 3, 4)), fd  # the premise
+    res = rundir.read_results(tmp_path / "run")["ddss_search"]
+    assert res["best_step"] == 0 and res["select_by"] == "fd"
+    assert res["initial_val_fd"] == res["best_val_fd"] == fd[0] and res["val_fd_gain"] == 1.0
+    art = ddss.load_artefact(tmp_path / "run")
+    init = ggdm.init_params(3, cfg.variant, build_problem(cfg).model.schedule, cfg.stride)
+    assert sorted(art["params"]) == sorted(init) and art["meta"]["best_step"] == 0
+    for k, v in init.items():
+        np.testing.assert_array_equal(art["params"][k], np.asarray(v), err_msg=k)
+
+
+def test_ties_and_nan_keep_the_incumbent():
+    from pipeline.ddss.search import is_better
+
+    assert is_better(0.09, 0.1) and not is_better(0.1, 0.1) and not is_better(0.2, 0.1)
+    assert not is_better(0.1, np.float32(0.1))  # float64 0.1 < float32(0.1), but a tie at the state's precision
+    assert not is_better(float("nan"), 0.1) and is_better(5.0, float("inf"))
+
+
+def test_validation_uses_the_same_chains_at_every_evaluation(uninterrupted):
+    """Common random numbers: the validation FD logged at step 0 and at the best step are those of
+    the initial and the best parameters on the run's one validation key, recomputed here."""
+    from helpers import read_metrics
+
+    from pipeline.ddss.search import make_validation
+    from pipeline.distributed.context import make_mesh
+
+    cfg = ddss.load_config(rundir.read_config(uninterrupted))
+    problem = build_problem(cfg)
+    res = rundir.read_results(uninterrupted)["ddss_search"]
+    fd = {m["step"]: m["val_fd"] for m in read_metrics(uninterrupted) if "val_fd" in m}
+    best = res["best_step"]
+    assert best > 0 and res["best_val_fd"] == fd[best] <= min(fd.values()) * (1 + 1e-6) and res["initial_val_fd"] == fd[0]
+    assert res["val_fd_gain"] == pytest.approx(fd[0] / fd[best]) and res["val_fd_gain"] > 2
+    features = jax.jit(make_validation(Chain(problem.model, problem.feature_fn, cfg.guidance), make_mesh(), cfg))
+    key = jax.random.key_data(jax.random.key(cfg.seed))
+    init = init_state(cfg, problem.model.schedule)["params"]
+    for step, params in ((0, init), (best, ddss.load_ggdm(uninterrupted))):
+        again = frechet_distance(np.asarray(features(params, key)), problem.validation)
+        assert again == pytest.approx(fd[step], rel=1e-5), step
+    other = frechet_distance(np.asarray(features(init, jax.random.key_data(jax.random.key(cfg.seed + 1)))), problem.validation)
+    assert other != pytest.approx(fd[0], rel=1e-3)  # another key's chains would have given another FD
+
+
+def test_cosine_learning_rate_against_its_closed_form():
+    """lr_schedule cosine: linear warm-up from 0, then lr (1 + cos(pi (n - W) / (T - W))) / 2; the
+    optimizer's n-th Adam step (first steps: |update| = lr_n, the gradient's sign) follows it."""
+    import math
+
+    from pipeline.ddss.search import learning_rate, make_optimizer
+
+    cfg = ddss.load_config(None, {**SEARCH, "train_steps": 100, "warmup_steps": 10, "learning_rate": 0.02})
+    lr = learning_rate(cfg)
+    for n in (0, 4, 10, 37, 99, 100):
+        want = 0.02 * n / 10 if n < 10 else 0.01 * (1 + math.cos(math.pi * (n - 10) / 90))
+        assert float(lr(n)) == pytest.approx(want, rel=1e-5, abs=1e-9), n
+    assert learning_rate(ddss.load_config(None, {**SEARCH, "lr_schedule": "constant"})) == SEARCH["learning_rate"]
+    cfg = dataclasses.replace(cfg, warmup_steps=0)
+    opt = make_optimizer(cfg)
+    params = {"a": jnp.zeros(3)}
+    state = opt.init(params)
+    g = {"a": jnp.asarray([1e-3, -2e-3, 3e-3])}  # small: clipping leaves it alone
+    for n in range(3):
+        upd, state = opt.update(g, state, params)
+        np.testing.assert_allclose(np.asarray(upd["a"]), -float(learning_rate(cfg)(n)) * np.sign(g["a"]), rtol=1e-4)
+    assert float(learning_rate(cfg)(0)) == pytest.approx(0.02) and float(learning_rate(cfg)(2)) < float(learning_rate(cfg)(0))
+
+
+def test_bad_search_keys_are_one_line():
+    for overrides, needle in (({"t_max": 0.0}, "'t_max': must be a number in (0, 1]"),
+                              ({"t_max": 1.5}, "'t_max'"), ({"holdout_fraction": 1.0}, "'holdout_fraction'"),
+                              ({"holdout_fraction": -0.1}, "'holdout_fraction'"), ({"lr_schedule": "step"}, "'lr_schedule'"),
+                              ({"warmup_steps": 200, "train_steps": 200}, "'warmup_steps': must be fewer than train_steps"),
+                              ({"stride": "karas"}, "'stride'")):
+        with pytest.raises(UserError) as e:
+            ddss.load_config(None, {**SEARCH, **overrides})
+        assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert ddss.load_config(None, {**SEARCH, "warmup_steps": 200, "train_steps": 200, "lr_schedule": "constant"})
 
 
 def test_sigkill_then_resume_reaches_the_uninterrupted_parameters(workdir, uninterrupted):
@@ -194,6 +306,26 @@ def test_resume_runs_on_the_workers_given_and_keeps_the_stored_config(tmp_path, 
     ddss.search(run_dir=run, resume=True, workers=1)
     assert ran == [2, 0, 2, 1]
     assert rundir.read_config(run)["workers"] == 2  # config.yaml: the workers the run started with
+
+
+def test_a_run_older_than_the_new_keys_resumes_as_it_ran(tmp_path, monkeypatch):
+    """A config.yaml written before lr_schedule and holdout_fraction existed resumes with a constant
+    learning rate and validation against the loss's reference (its checkpoints' Adam state and its
+    incumbent's score stay valid), also when the invocation's config filled in today's defaults."""
+    from pipeline.distributed import spmd
+
+    ran = []
+    monkeypatch.setattr(spmd, "run_spmd", lambda loop, cfg, num_workers, **kw: ran.append(cfg) or {})
+    run = tmp_path / "run"
+    ddss.search(ddss.load_config(None, SEARCH), run_dir=run)
+    assert (ran[0]["lr_schedule"], ran[0]["holdout_fraction"]) == ("cosine", 0.2)
+    old = {k: v for k, v in rundir.read_config(run).items() if k not in ("lr_schedule", "holdout_fraction")}
+    rundir.write_config(run, old)
+    ddss.search(run_dir=run, resume=True)
+    ddss.search(ddss.load_config(old, {"workers": 0}), run_dir=run, resume=True)  # as `ddss search --resume` builds it
+    for cfg in ran[1:]:
+        assert (cfg["lr_schedule"], cfg["holdout_fraction"]) == ("constant", 0.0)
+    assert ran[2]["workers"] == 0
 
 
 def search_steps(steps=2):

@@ -42,6 +42,47 @@ def test_init_is_ddim_exactly(sched_name, stride, K, variants):
         np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-9, atol=1e-9, err_msg=variant)
 
 
+@pytest.mark.parametrize("stride,t_max,variants", [
+    ("karras", 0.9, ggdm.VARIANTS),
+    ("leading", 1.0, ("ggdm", "ggdm+pred+time")),  # diffusers' leading grid starts below t_max
+    ("linspace", 0.8, ("ggdm+time",)),
+    ("quadratic", 0.7, ("ggdm+pred",)),
+])
+def test_init_is_ddim_exactly_on_any_grid_and_t_max(stride, t_max, variants):
+    """init_params(..., t_max) is DDIM on time_grid(K, stride, sched, t_max), whose first time
+    +TIME keeps as its fixed t_max."""
+    K, sched = 5, schedules.get("cosine")
+    eps_fn = GM.eps_fn(sched)
+    grid = schedules.time_grid(K, stride, sched, t_max)
+    ref = samplers.sample("ddim", eps_fn, sched, _x_T(), steps=K, grid=grid)
+    for variant in variants:
+        p = ggdm.init_params(K, variant, sched, stride, dtype=jnp.float64, t_max=t_max)
+        assert ("t_max" in p) == ("time" in variant and grid[0] != 1.0), variant
+        np.testing.assert_allclose(np.asarray(ggdm.model_times(p)), grid[:-1], rtol=1e-12, atol=1e-15)
+        out = samplers.sample("ggdm", eps_fn, sched, _x_T(), steps=K, key=jax.random.key(3), params=p)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-9, atol=1e-9, err_msg=variant)
+
+
+def test_learned_times_span_zero_to_t_max_and_t_max_is_not_learned():
+    logits = np.random.default_rng(1).normal(size=6) * 2
+    inc = np.logaddexp(0.0, logits)  # softplus, float64 NumPy
+    want = 0.9 * (1.0 - np.concatenate([[0.0], np.cumsum(inc)]) / inc.sum())
+    np.testing.assert_allclose(np.asarray(ggdm.times_from_logits(jnp.asarray(logits), 0.9)), want, rtol=1e-12, atol=1e-15)
+    sched = schedules.get("cosine")
+    p = _random_params(4, "ggdm+pred+time", seed=5)
+    p["sigma"], p["t_max"] = jnp.abs(p["sigma"]), jnp.asarray(0.85)
+    assert ggdm.variant_of(p) == "ggdm+pred+time"
+    assert float(ggdm.model_times(p)[0]) == pytest.approx(0.85, abs=1e-15)
+    g_plain, _ = _grad(p, "none", sched, 1.0)
+    g_adj, _ = _grad(p, "adjoint", sched, 1.0)
+    assert float(g_plain["t_max"]) == 0.0 and float(g_adj["t_max"]) == 0.0  # fixed, as fixed times are
+    assert float(jnp.max(jnp.abs(g_plain["time_logits"]))) > 1e-6
+    for k in p:
+        np.testing.assert_allclose(np.asarray(g_adj[k]), np.asarray(g_plain[k]), rtol=1e-10, atol=1e-12, err_msg=k)
+    with pytest.raises(UserError, match="not GGDM parameters"):  # fixed times already say where they start
+        ggdm.variant_of({**ggdm.init_params(3, "ggdm"), "t_max": jnp.asarray(0.5)})
+
+
 def test_init_is_ddim_in_float32():
     """float32, the dtype searches run in: the same within float32 rounding."""
     sched = schedules.get("cosine")

@@ -1,6 +1,7 @@
 """A searched sampler as a named artefact: a directory with the GGDM parameters as params.npz
-(plain arrays, no pickle) and meta.json (K, variant, schedule, teacher, search figures, and
-params_sha256: the SHA-256 of params.npz, verified on load; older artefacts have none).
+(plain arrays, no pickle) and meta.json (K, variant, schedule, teacher, the initial grid's stride
+and t_max, search figures, and params_sha256: the SHA-256 of params.npz, verified on load; older
+artefacts have none).
 
     samplers.sample("ggdm", eps_fn, sched, x_T, steps=K, key=key, params=load_ggdm(path))
     ddss evaluate --sampler ggdm:PATH ...
@@ -93,6 +94,8 @@ _META_TYPES = {
     "data_shape": (lambda v: v is None or (isinstance(v, list) and bool(v) and all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v)), "a list of positive integers"),
     "guidance": (lambda v: v is None or (_number(v) and math.isfinite(v)), "a finite number"),
+    "stride": (lambda v: v is None or isinstance(v, str), "a stride name"),
+    "t_max": (lambda v: v is None or (_number(v) and 0.0 < v <= 1.0), "a number in (0, 1]"),
 }
 
 
@@ -106,19 +109,22 @@ def _check_meta(path, meta: dict):
 
 
 def _check_params(path, params: dict):
-    """UserError unless params are one GGDM variant's float arrays, of one K, all finite."""
+    """UserError unless params are one GGDM variant's float arrays, of one K, all finite (t_max: a
+    scalar in (0, 1])."""
     try:
         ggdm.variant_of(params)
     except UserError as e:
         raise UserError(f"sampler artefact {path}: {e}") from None
     K = np.shape(params["sigma"])[0] if np.ndim(params["sigma"]) == 1 else 0
     for name, value in sorted(params.items()):
-        want = (K, K) if name in ("mu_x", "mu_pred") else (K,)
+        want = (K, K) if name in ("mu_x", "mu_pred") else () if name == "t_max" else (K,)
         if not K or np.shape(value) != want:
             raise UserError(f"sampler artefact {path}: {name} has shape {np.shape(value)}, expected "
                             f"{list(want) if K else '[K] (sigma is a vector of K noise scales)'}")
         if not np.issubdtype(value.dtype, np.floating) or not np.all(np.isfinite(value)):
             raise UserError(f"sampler artefact {path}: {name} holds non-finite or non-float values")
+    if "t_max" in params and not 0.0 < float(params["t_max"]) <= 1.0:
+        raise UserError(f"sampler artefact {path}: t_max is {float(params['t_max'])}, expected a time in (0, 1]")
 
 
 def load_ggdm(path) -> dict:

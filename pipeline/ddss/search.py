@@ -3,13 +3,17 @@ the features of the sampler's samples and of the training data, backpropagating 
 whole chain. The model is frozen.
 
 `search_loop(ctx)` runs in every process of an SPMD job (pipeline.distributed.spmd; ctx a
-SpmdContext), or in this process alone. Each step draws a fresh global batch of chains (sample i
-of step s from fold_in(fold_in(train_key, s), i)); every `eval_every` steps (and at step 0,
-DDIM) FD and KID of `eval_samples` samples from held-out seeds pick the best parameters. The
-state (params, Adam state, step, key, best params and score) is checkpointed with orbax; a
-resumed search repeats exactly what an uninterrupted one does. A non-finite loss or gradient
-stops the search with SearchDiverged naming the step; the last good checkpoint stays.
-The result is the best parameters as a sampler artefact, RUN_DIR/sampler.
+SpmdContext), or in this process alone. It starts from DDIM on time_grid(steps, stride, t_max).
+Each step draws a fresh global batch of chains (sample i of step s from
+fold_in(fold_in(train_key, s), i)); every `eval_every` steps (and at step 0) FD and KID of
+`eval_samples` samples from held-out seeds, the same chains at every evaluation (common random
+numbers), against the held-out validation reference (problem.py) pick the best parameters:
+step 0 is the incumbent and only a strictly better score (in float32) replaces it, so a search
+never returns worse than its start on validation. The state (params, Adam state, step, key, best
+params and score) is checkpointed with orbax; a resumed search repeats exactly what an
+uninterrupted one does. A non-finite loss or gradient stops the search with SearchDiverged naming
+the step; the last good checkpoint stays. The result is the best parameters as a sampler
+artefact, RUN_DIR/sampler; results.json records the initial and the best validation FD and KID.
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ from pipeline.samplers import ggdm
 
 TRAIN, VALIDATION = 1, 2  # key streams folded into key(seed)
 ARTEFACT = "sampler"  # RUN_DIR/sampler
+# config keys added after runs existed, with the behaviour of a run whose config.yaml lacks them
+BEFORE = {"lr_schedule": "constant", "holdout_fraction": 0.0}
 INVOCATION = ("run_dir", "resume", "workers", "accelerator", "devices_per_worker", "tpu_topology", "tpu_type")  # config keys that may change when a run is resumed
 
 
@@ -40,14 +46,25 @@ class SearchDiverged(UserError):
     """The loss or its gradient became non-finite."""
 
 
+def learning_rate(cfg: SearchConfig):
+    """Adam's step size: cfg.learning_rate (constant), or a schedule of the update count n:
+    linear warm-up from 0 over warmup_steps, then cosine decay to 0 at train_steps (cosine;
+    Loshchilov & Hutter 2017, SGDR, without restarts)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, cfg.warmup_steps,
+                                              max(cfg.train_steps, cfg.warmup_steps + 1), end_value=0.0)
+
+
 def make_optimizer(cfg: SearchConfig):
-    """Global-norm clipping, then Adam (Kingma & Ba 2015)."""
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(cfg.learning_rate))
+    """Global-norm clipping, then Adam (Kingma & Ba 2015) at learning_rate(cfg)."""
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(learning_rate(cfg)))
 
 
 def init_state(cfg: SearchConfig, sched) -> dict:
-    """The search state at step 0: DDIM's GGDM parameters, Adam's state, the base key."""
-    params = ggdm.init_params(cfg.steps, cfg.variant, sched, cfg.stride)
+    """The search state at step 0: DDIM's GGDM parameters on time_grid(steps, stride, t_max), Adam's
+    state, the base key."""
+    params = ggdm.init_params(cfg.steps, cfg.variant, sched, cfg.stride, t_max=cfg.t_max)
     return {
         "params": params,
         "opt": make_optimizer(cfg).init(params),
@@ -98,11 +115,17 @@ def search_loop(ctx) -> dict:
     train_step = jax.jit(make_train_step(chain, problem.reference, ctx.mesh, cfg), out_shardings=ctx.replicated)
     val_features = jax.jit(make_validation(chain, ctx.mesh, cfg), out_shardings=ctx.replicated)
 
+    def score(params, key):
+        """Validation KID and FD of params: the same chains (key: the run's base key) every time."""
+        f = ctx.gather(val_features(params, key))
+        return {"kid": metrics.kid(f, problem.validation), "fd": metrics.frechet_distance(f, problem.validation)}
+
+    scored = {}  # step -> validation scores, of this process's evaluations
+
     def validate(state, n):
-        f = ctx.gather(val_features(state["params"], state["key"]))
-        scores = {"kid": metrics.kid(f, problem.reference), "fd": metrics.frechet_distance(f, problem.reference)}
+        scores = scored[n] = score(state["params"], state["key"])
         ctx.report(n, val_kid=scores["kid"], val_fd=scores["fd"])
-        if scores[cfg.select_by] < float(state["best"]["score"]):
+        if is_better(scores[cfg.select_by], float(state["best"]["score"])):
             best = {"params": state["params"], "score": jnp.asarray(scores[cfg.select_by], jnp.float32),
                     "step": jnp.asarray(n, jnp.int32)}
             state = {**state, "best": ctx.replicate(jax.device_get(best))}
@@ -115,7 +138,6 @@ def search_loop(ctx) -> dict:
     else:
         state = ck.restore(jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype, sharding=ctx.replicated), fresh))
     start = int(state["step"])
-    initial = None
     if start == 0:
         state, initial = validate(state, 0)
         ctx.update_results({"ddss_search": {"initial": initial}})
@@ -144,9 +166,16 @@ def search_loop(ctx) -> dict:
     ck.close()
 
     best = jax.device_get(state["best"])
+    best_step = int(best["step"])
+    # a resumed run did not evaluate them here: the same chains give the same figures again
+    initial = scored[0] if 0 in scored else score(ctx.replicate(fresh["params"]), state["key"])
+    best_scores = scored[best_step] if best_step in scored else score(state["best"]["params"], state["key"])
     result = {
-        "K": cfg.steps, "variant": cfg.variant, "train_steps": cfg.train_steps, "resumed_from": start,
-        "best_step": int(best["step"]), f"best_val_{cfg.select_by}": float(best["score"]),
+        "K": cfg.steps, "variant": cfg.variant, "stride": cfg.stride, "t_max": cfg.t_max,
+        "train_steps": cfg.train_steps, "resumed_from": start, "select_by": cfg.select_by,
+        "best_step": best_step, "initial_val_fd": initial["fd"], "initial_val_kid": initial["kid"],
+        "best_val_fd": best_scores["fd"], "best_val_kid": best_scores["kid"],
+        "val_fd_gain": initial["fd"] / best_scores["fd"] if best_scores["fd"] > 0 else None,  # > 1: the search helped
         "final_loss": None if loss is None else float(loss),
         "step_s": float(np.median(times[1:])) if len(times) > 1 else None,  # the first step compiles
         "search_s": time.time() - t0, "processes": ctx.process_count, "devices": ctx.num_devices,
@@ -154,12 +183,19 @@ def search_loop(ctx) -> dict:
     path = os.path.join(ctx.run_dir, ARTEFACT)
     if ctx.is_main and not os.path.exists(path):  # a finished run that is resumed keeps its artefact
         artefact.save_artefact(path, best["params"], {
-            **problem.meta, "stride": cfg.stride, "best_step": result["best_step"],
-            "select_by": cfg.select_by, "best_val": float(best["score"]), "config": config.to_dict(cfg),
+            **problem.meta, "stride": cfg.stride, "t_max": cfg.t_max, "best_step": best_step,
+            "select_by": cfg.select_by, "best_val": float(best["score"]), "initial_val_fd": initial["fd"],
+            "best_val_fd": best_scores["fd"], "config": config.to_dict(cfg),
         })
     result["artefact"] = path
     ctx.update_results({"ddss_search": result})
     return result
+
+
+def is_better(new_score, incumbent) -> bool:
+    """Whether a validation score beats the incumbent's: strictly lower once both are float32
+    (the precision the state keeps), so a tie (or NaN) keeps the incumbent."""
+    return bool(np.float32(new_score) < np.float32(incumbent))
 
 
 def search(cfg: SearchConfig | None = None, *, run_dir=None, resume: bool = False, workers: int | None = None,
@@ -178,8 +214,11 @@ def search(cfg: SearchConfig | None = None, *, run_dir=None, resume: bool = Fals
     run_dir = rundir.prepare(run_dir, resume=resume, prefix="ddss")
     with rundir.lock(run_dir, "DDSS search", new=not resume):  # one writer per run directory
         if resume:
-            stored = config.load(SearchConfig, rundir.read_config(run_dir))
+            raw = rundir.read_config(run_dir)
+            before = {k: v for k, v in BEFORE.items() if k not in raw}  # a run older than these keys keeps its behaviour
+            stored = config.load(SearchConfig, {**raw, **before})
             if cfg is not None:
+                cfg = dataclasses.replace(cfg, **before)
                 config.check_resume(config.to_dict(stored), config.to_dict(cfg), INVOCATION, run_dir)
                 # this invocation's, not the stored
                 stored = dataclasses.replace(stored, **{k: getattr(cfg, k) for k in INVOCATION[2:]})

@@ -13,7 +13,8 @@ x0_hat replaced by x_0). Variants (the parameter pytree's keys say which one it 
                     sigma [K], times [K] (fixed model times, not learned)
     +pred           mu_pred [K, K] (lower triangle) replaces mu_x0: all previous predictions
     +time           time_logits [K] replaces times: learned, strictly decreasing model times
-                    tau_j = 1 - sum_{k<j} softplus(l_k) / sum_k softplus(l_k)
+                    tau_j = t_max (1 - sum_{k<j} softplus(l_k) / sum_k softplus(l_k)), with an
+                    optional fixed scalar t_max (the first model time; absent: 1)
 
 `init_params` gives DDIM (or DDPM, eta = 1) on a time grid exactly: where DDSS search starts.
 """
@@ -41,10 +42,11 @@ _LAYOUTS = {
 
 
 def variant_of(params) -> str:
-    """The GGDM variant whose parameter layout `params` has (UserError if none)."""
+    """The GGDM variant whose parameter layout `params` has (UserError if none); +TIME layouts
+    may also hold the scalar t_max."""
     keys = tuple(sorted(params))
     for name, layout in _LAYOUTS.items():
-        if keys == tuple(sorted(layout)):
+        if keys == tuple(sorted(layout)) or ("time_logits" in layout and keys == tuple(sorted(layout + ("t_max",)))):
             return name
     raise UserError(f"not GGDM parameters: keys {list(keys)}; expected one of "
                     + "; ".join(f"{v}: {', '.join(sorted(k))}" for v, k in _LAYOUTS.items()))
@@ -60,13 +62,14 @@ def _softplus_inv(y):
 
 
 def init_params(K: int, variant: str = "ggdm", sched="cosine", stride: str = "quadratic", eta: float = 0.0,
-                dtype=jnp.float32) -> dict:
-    """Parameters that make GGDM exactly DDIM(eta) on time_grid(K, stride) (eta = 0: DDIM, 1: DDPM):
-    x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) (x_t - alpha_t x0_hat) / sigma_t + c z (Song et al. 2021, eq. 12)."""
+                dtype=jnp.float32, t_max: float = 1.0) -> dict:
+    """Parameters that make GGDM exactly DDIM(eta) on time_grid(K, stride, sched, t_max) (eta = 0: DDIM,
+    1: DDPM): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) (x_t - alpha_t x0_hat) / sigma_t + c z
+    (Song et al. 2021, eq. 12). +TIME keeps the grid's first time as t_max when it is not 1."""
     choose("GGDM variant", variant, VARIANTS)
     if isinstance(sched, str):
         sched = schedules.get(sched)
-    grid = schedules.time_grid(K, stride, sched)
+    grid = schedules.time_grid(K, stride, sched) if t_max == 1.0 else schedules.time_grid(K, stride, sched, t_max)
     a, s = np.asarray(sched.alpha(grid), np.float64), np.asarray(sched.sigma(grid), np.float64)
     c = np.asarray(ddim_noise_std(a[:-1], s[:-1], a[1:], s[1:], eta), np.float64)
     r = np.sqrt(np.clip(s[1:] ** 2 - c**2, 0.0, None)) / s[:-1]
@@ -76,24 +79,27 @@ def init_params(K: int, variant: str = "ggdm", sched="cosine", stride: str = "qu
     else:
         params["mu_x0"] = a[1:] - a[:-1] * r
     if "time" in variant:
-        params["time_logits"] = _softplus_inv(-np.diff(grid))
+        params["time_logits"] = _softplus_inv(-np.diff(grid) / grid[0])  # normalised: times_from_logits' scale
+        if grid[0] != 1.0:
+            params["t_max"] = np.float64(grid[0])
     else:
         params["times"] = grid[:-1]
     return {k: jnp.asarray(v, dtype) for k, v in params.items()}
 
 
-def times_from_logits(logits):
-    """The K+1 strictly decreasing times 1 = tau_0 > ... > tau_K = 0 of +TIME: cumulative softplus
-    increments normalised to [0, 1] (DDSS's learned timesteps, Watson et al. 2022, sec. 5)."""
+def times_from_logits(logits, t_max=1.0):
+    """The K+1 strictly decreasing times t_max = tau_0 > ... > tau_K = 0 of +TIME: cumulative softplus
+    increments normalised to [0, 1], scaled by t_max (DDSS's learned timesteps, Watson et al. 2022, sec. 5)."""
     inc = jax.nn.softplus(logits)
     u = jnp.concatenate([jnp.zeros((1,), inc.dtype), jnp.cumsum(inc)]) / jnp.sum(inc)
-    return 1.0 - u
+    return t_max * (1.0 - u)
 
 
 def model_times(params):
-    """The K times tau_0..tau_{K-1} at which the model is evaluated (fixed unless +TIME)."""
+    """The K times tau_0..tau_{K-1} at which the model is evaluated (fixed unless +TIME; t_max is never learned)."""
     if "time_logits" in params:
-        return times_from_logits(params["time_logits"])[:-1]
+        t_max = jax.lax.stop_gradient(params["t_max"]) if "t_max" in params else 1.0
+        return times_from_logits(params["time_logits"], t_max)[:-1]
     return jax.lax.stop_gradient(params["times"])
 
 

@@ -12,6 +12,7 @@ EXAMPLE = "ddss search --teacher runs/teacher-digits --steps 5 --variant ggdm+pr
 
 # flag -> SearchConfig key
 _FLAGS = {"teacher": "teacher", "gmm": "gmm", "steps": "steps", "variant": "variant", "workers": "workers",
+          "stride": "stride", "t_max": "t_max", "lr_schedule": "lr_schedule", "select_by": "select_by",
           "train_steps": "train_steps", "batch_size": "batch_size", "learning_rate": "learning_rate",
           "seed": "seed", "cache_dir": "cache_dir", "accelerator": "accelerator",
           "devices_per_worker": "devices_per_worker", "tpu_topology": "tpu_topology", "tpu_type": "tpu_type"}
@@ -24,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--gmm", metavar="PRESET", help="instead of a teacher: a Gaussian mixture with its exact denoiser (ring2d, mix16d)")
     p.add_argument("--steps", type=int, metavar="K", help="sampler steps (= model evaluations per sample)")
     p.add_argument("--variant", choices=VARIANTS, help="GGDM family (default ggdm+pred+time)")
+    p.add_argument("--stride", metavar="STRIDE", help="the DDIM grid the search starts from (default quadratic; "
+                                                       "linear, logsnr, karras, leading, trailing, linspace)")
+    p.add_argument("--t-max", type=float, metavar="T", help="that grid's first time, in (0, 1] (default 1)")
     p.add_argument("--config", help="a YAML config (e.g. configs/ddss_search.yaml, shipped with the package, which lists "
                                     "every key); --set and flags override it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_samples=500 (repeatable)")
@@ -33,7 +37,11 @@ def add_arguments(p):
     p.add_argument("--workers", type=int, metavar="W", help="Ray Train workers (0: in this process, no Ray)")
     p.add_argument("--train-steps", type=int, metavar="N", help="gradient steps")
     p.add_argument("--batch-size", type=int, metavar="B", help="chains per step, global")
-    p.add_argument("--learning-rate", type=float, metavar="LR")
+    p.add_argument("--learning-rate", type=float, metavar="LR", help="Adam's (peak) learning rate")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"),
+                   help="cosine (default): warm-up over warmup_steps, cosine decay to 0 at --train-steps")
+    p.add_argument("--select-by", choices=("fd", "kid"),
+                   help="the validation metric (on the held-out reference) that picks the best parameters (default fd)")
     p.add_argument("--seed", type=int)
     p.add_argument("--cache-dir", help="feature-network cache (default .cache)")
     from pipeline import accelerator
