@@ -50,20 +50,22 @@ def pareto_front(points) -> list:
 
 
 def frontier_plot(rows: list[dict], path, metric: str = "fd", title: str = "FD vs NFE"):
-    """One line per method: `metric` against NFE on log-log axes, and the frontier over all methods."""
+    """One line per method: `metric` against NFE on log-log axes, with error bars of ± the row's
+    `<metric>_std` (its std over evaluation seeds) where it has one, and the frontier over all methods."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
     by_method: dict[str, list] = {}
     for r in rows:
         if r.get(metric) is not None and r.get("nfe"):
-            by_method.setdefault(r["method"], []).append((r["nfe"], r[metric]))
+            by_method.setdefault(r["method"], []).append((r["nfe"], r[metric], r.get(f"{metric}_std") or 0.0))
     colors = plt.get_cmap("tab20").colors
     markers = "osD^v<>p"
     for i, (method, pts) in enumerate(sorted(by_method.items())):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", marker=markers[i % len(markers)], label=method, ms=5,
-                color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20])
-    front = pareto_front([p for pts in by_method.values() for p in pts])
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="-",
+                    marker=markers[i % len(markers)], label=method, ms=5, capsize=3,
+                    color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20])
+    front = pareto_front([p[:2] for pts in by_method.values() for p in pts])
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], "k--", where="post", lw=1, alpha=0.6,
                 label="frontier (best at <= NFE)")
@@ -99,24 +101,33 @@ def kid_header(k: int) -> str:
 
 
 def _kid(r: dict, k: int) -> str:
-    """"<KID x 10^k> ± <its std x 10^k>" (kid_std: the standard error of KID's block estimates;
-    none with a single block), "-" when unknown."""
+    """"<KID x 10^k> ± <its std x 10^k>" (kid_std: over evaluation seeds for a row of several, else
+    the standard error of KID's block estimates, or the jackknife's for one block), "-" when unknown."""
     kid, std = r.get("kid"), r.get("kid_std")
     if kid is None:
         return "-"
     return f"{kid * 10.0 ** k:.2f}" + ("" if std is None else f" ± {std * 10.0 ** k:.2f}")
 
 
+def _fd(r: dict) -> str:
+    """"<FD> ± <std over seeds>" (just FD for a row of one seed)."""
+    return _fmt(r.get("fd"), ".3f") + ("" if r.get("fd_std") is None else f" ± {r['fd_std']:.3f}")
+
+
 def results_table(rows: list[dict]) -> str:
-    """Markdown table ordered by NFE (then method and steps): method, steps, NFE, FD, KID x 10^k
-    (k: kid_scale) ± its std, wall time, and the training time behind a row (a search, a
-    distillation: key "train_s") when any row has one."""
+    """Markdown table ordered by NFE (then method and steps): method, its setting (the grid a
+    training-free sampler was tuned to, key "setting") when any row has one, steps, NFE, FD (±
+    its std over seeds), KID x 10^k (k: kid_scale) ± its std, seeds, wall time, and the training
+    time behind a row (a search, a distillation: key "train_s") when any row has one."""
     training, k = any(r.get("train_s") is not None for r in rows), kid_scale(rows)
-    lines = [f"| method | steps | NFE | FD | {kid_header(k)} | wall time (s) |" + (" training (s) |" if training else ""),
-             "|---|---:|---:|---:|---:|---:|" + ("---:|" if training else "")]
+    setting = any(r.get("setting") for r in rows)
+    lines = ["| method |" + (" setting |" if setting else "") + f" steps | NFE | FD | {kid_header(k)} | seeds | wall time (s) |"
+             + (" training (s) |" if training else ""),
+             "|---|" + ("---|" if setting else "") + "---:|---:|---:|---:|---:|---:|" + ("---:|" if training else "")]
     for r in sorted(rows, key=lambda r: (r["nfe"], r["method"], r["steps"])):
         lines.append(
-            f"| {r['method']} | {r['steps']} | {r['nfe']} | {_fmt(r.get('fd'), '.3f')} | {_kid(r, k)} | "
+            f"| {r['method']} |" + (f" {r.get('setting') or '-'} |" if setting else "")
+            + f" {r['steps']} | {r['nfe']} | {_fd(r)} | {_kid(r, k)} | {r.get('seeds', 1)} | "
             f"{_fmt(r.get('wall_s'), '.1f')} |" + (f" {_fmt(r.get('train_s'), '.1f')} |" if training else "")
         )
     return "\n".join(lines)
@@ -137,8 +148,10 @@ def write_report(run_dir, rows: list[dict], grids: dict[str, str], intro: str, n
         results_table(rows),
         "",
         "FD and KID are measured in digit-classifier features (not Inception: not FID). "
-        f"KID is given {f'x 1e{k}' if k else 'as is'}, ± its standard error over blocks of 1024 samples "
-        "(none with 1024 samples or fewer: one block).",
+        f"KID is given {f'x 1e{k}' if k else 'as is'}. A row of several evaluation seeds gives FD and KID as "
+        "mean ± std over its seeds (error bars in the plot); a row of one seed gives KID ± its standard error "
+        "over blocks of 1024 samples (the jackknife's for one block). 'setting' is the time grid, first time "
+        "and clipping a training-free sampler was tuned to on validation seeds (never the seeds reported).",
         "",
         "![FD vs NFE](frontier.png)",
         "",

@@ -41,6 +41,9 @@ def test_eval_spec_of_a_config(tmp_path):
     assert (spec.sampler, spec.steps, spec.num_samples, spec.seed, spec.w, spec.batch_size, spec.kid_samples) == (
         "ddim", 4, 8, 3, 0.5, 4, 6)
     assert spec.plan is None and spec.problem.label == "digit-classifier"
+    assert (spec.stride, spec.t_max, spec.clip_x0) == ("quadratic", 1.0, True)
+    grid = eval_spec(config.load(EvaluateConfig, {**given, "stride": "karras", "t_max": 0.9, "clip_x0": False}))
+    assert (grid.stride, grid.t_max, grid.clip_x0) == ("karras", 0.9, False)
     inception = eval_spec(config.load(EvaluateConfig, {**given, "inception_path": str(tmp_path)}))
     assert inception.problem.label == "inception"
 
@@ -51,6 +54,28 @@ def test_eval_spec_of_a_config(tmp_path):
     plan = spec.plan(teacher_like)  # what each actor runs: the artefact read for its model
     assert plan.steps == 4
     np.testing.assert_array_equal(plan.kwargs["params"]["sigma"], np.asarray(params["sigma"]))
+
+
+def test_t_max_and_clipping_are_validated_and_keyed_only_off_their_defaults():
+    """result_key: the keys of earlier results (default t_max and clipping) stay as they were."""
+    import pytest
+
+    from pipeline.errors import UserError
+
+    base = {"teacher": "t", "steps": 4, "num_samples": 8, "w": 0.5}
+    assert config.load(EvaluateConfig, base).result_key() == "ddim K=4 quadratic w=0.5 n=8 seed=0 jax"
+    key = config.load(EvaluateConfig, {**base, "stride": "trailing", "t_max": 0.97, "clip_x0": False}).result_key()
+    assert key == "ddim K=4 trailing t_max=0.97 unclipped w=0.5 n=8 seed=0 jax"
+    assert "t_max" not in config.load(EvaluateConfig, {**base, "clip_x0": False}).result_key()
+    assert config.load(EvaluateConfig, {**base, "t_max": 0.999999}).result_key() != config.load(EvaluateConfig, base).result_key()
+    for bad, needle in (({"t_max": 0.0}, "'t_max': must be in (0, 1], got 0.0"), ({"t_max": 1.5}, "'t_max'"),
+                        ({"t_max": float("nan")}, "'t_max'"), ({"t_max": "high"}, "t_max"),
+                        ({"clip_x0": "maybe"}, "clip_x0"), ({"stride": "cubic"}, "karras, leading, trailing, linspace"),
+                        ({"stride": "leading", "steps": 1001}, "'steps': stride 'leading' takes at most 1000 steps")):
+        with pytest.raises(UserError) as e:
+            config.load(EvaluateConfig, {**base, **bad})
+        assert needle in str(e.value) and "\n" not in str(e.value)
+    assert config.load(EvaluateConfig, {**base, "stride": "linspace", "steps": 1000}).steps == 1000
 
 
 def test_heartbeat_names_the_evaluations_running(monkeypatch, capsys):

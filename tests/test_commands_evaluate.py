@@ -65,6 +65,37 @@ def test_sizes_out_of_range_are_one_line(teachers, capsys):
     assert snapshot(t) == before
 
 
+def test_grid_flags_reach_the_spec_and_a_bad_t_max_is_one_line(teachers, tmp_path, capsys, monkeypatch):
+    """--stride (any of schedules.STRIDES), --t-max and --no-clip-x0 reach the EvalSpec the workers
+    run (caught here at the preflight, before any actor); defaults: t_max 1, clipped."""
+    from pipeline import evaluation
+    from pipeline.app import cli
+    from pipeline.distributed import ray_init
+
+    class Caught(Exception):
+        pass
+
+    def catch(spec):
+        raise Caught(spec)
+
+    monkeypatch.setattr(ray_init, "ensure_ray", lambda *a, **k: None)
+    monkeypatch.setattr(evaluation, "preflight", catch)
+    t = teachers["good"]
+    argv = ["evaluate", "--teacher", t, "--steps", "3", "--num-samples", "8", "--workers", "1", "--results-dir", str(tmp_path)]
+    with pytest.raises(Caught) as e:
+        cli.main([*argv, "--stride", "karras", "--t-max", "0.97", "--no-clip-x0"])
+    spec = e.value.args[0]
+    assert (spec.stride, spec.t_max, spec.clip_x0, spec.steps) == ("karras", 0.97, False, 3)
+    with pytest.raises(Caught) as e:
+        cli.main([*argv, "--stride", "trailing"])
+    assert (e.value.args[0].stride, e.value.args[0].t_max, e.value.args[0].clip_x0) == ("trailing", 1.0, True)
+    before = snapshot(t, tmp_path)
+    fails([*argv, "--t-max", "0"], capsys, "'t_max'", "must be in (0, 1], got 0.0")
+    fails([*argv, "--t-max", "nan"], capsys, "'t_max'")
+    fails([*argv, "--stride", "leading", "--steps", "1001"], capsys, "at most 1000 steps")
+    assert snapshot(t, tmp_path) == before
+
+
 def test_results_that_cannot_be_written_are_refused_before_any_sampling(teachers, tmp_path, capsys, monkeypatch):
     """A results directory that cannot be written (or whose results.json is no object) failed
     only after the whole evaluation: now before any actor starts or sample is drawn."""

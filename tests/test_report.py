@@ -14,8 +14,8 @@ def test_report_files(tmp_path):
     report.save_grid(imgs, str(tmp_path / "grids" / "ddim.png"))
     path = report.write_report(str(tmp_path), rows, {"ddim K=5": "grids/ddim.png"}, "intro text")
     text = open(path).read()
-    assert "| ddim | 5 | 5 | 12.500 | 10.00 | 1.0 |" in text
-    assert "| ggdm | 5 | 5 | - | - | 3.0 |" in text
+    assert "| ddim | 5 | 5 | 12.500 | 10.00 | 1 | 1.0 |" in text
+    assert "| ggdm | 5 | 5 | - | - | 1 | 3.0 |" in text
     assert "![ddim K=5](grids/ddim.png)" in text and "frontier.png" in text
     import matplotlib.image as mpimg
 
@@ -42,7 +42,7 @@ def test_table_is_ordered_by_nfe_with_kid_scaled_and_its_std():
         {"method": "ggdm", "steps": 4, "nfe": 4, "fd": 9.0, "kid": 0.5, "wall_s": 1.0},  # no kid_std key
     ]
     lines = report.results_table(rows).splitlines()
-    assert lines[0] == "| method | steps | NFE | FD | KID x 1e3 (± std) | wall time (s) | training (s) |"
+    assert lines[0] == "| method | steps | NFE | FD | KID x 1e3 (± std) | seeds | wall time (s) | training (s) |"
     body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [(r[0], int(r[2])) for r in body] == [("ggdm", 4), ("ddim", 5), ("dpm-solver++2m", 5), ("accel-ddim", 10),
                                                  ("ddim", 20)]  # by NFE, then method
@@ -60,5 +60,23 @@ def test_kid_scale_follows_the_values():
     rows = [{"method": "ddpm", "steps": 5, "nfe": 5, "fd": 231.9, "kid": 853.24, "kid_std": 12.5, "wall_s": 23.8},
             {"method": "ddim", "steps": 5, "nfe": 5, "fd": 190.1, "kid": 643.08, "kid_std": None, "wall_s": 17.0}]
     lines = report.results_table(rows).splitlines()
-    assert lines[0] == "| method | steps | NFE | FD | KID (± std) | wall time (s) |"
-    assert lines[2:] == ["| ddim | 5 | 5 | 190.100 | 643.08 | 17.0 |", "| ddpm | 5 | 5 | 231.900 | 853.24 ± 12.50 | 23.8 |"]
+    assert lines[0] == "| method | steps | NFE | FD | KID (± std) | seeds | wall time (s) |"
+    assert lines[2:] == ["| ddim | 5 | 5 | 190.100 | 643.08 | 1 | 17.0 |", "| ddpm | 5 | 5 | 231.900 | 853.24 ± 12.50 | 1 | 23.8 |"]
+
+
+def test_rows_over_seeds_show_their_setting_and_spread_with_error_bars(tmp_path, monkeypatch):
+    rows = [{"method": "ddim", "setting": "karras, t_max 0.99", "steps": 5, "nfe": 5, "fd": 7.25, "fd_std": 0.5,
+             "kid": 0.01, "kid_std": 0.002, "seeds": 3, "wall_s": 1.0},
+            {"method": "ggdm", "steps": 5, "nfe": 5, "fd": 6.0, "kid": 0.01, "wall_s": 1.0}]
+    lines = report.results_table(rows).splitlines()
+    assert lines[0].startswith("| method | setting | steps |")
+    assert "| ddim | karras, t_max 0.99 | 5 | 5 | 7.250 ± 0.500 | 10.00 ± 2.00 | 3 | 1.0 |" in lines
+    assert "| ggdm | - | 5 | 5 | 6.000 | 10.00 | 1 | 1.0 |" in lines
+    import matplotlib.axes
+
+    seen = []
+    orig = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, yerr=None, **kw: (seen.append(
+        (kw.get("label"), list(yerr))), orig(self, x, y, yerr=yerr, **kw))[1])
+    report.frontier_plot(rows, tmp_path / "f.png")
+    assert sorted(seen) == [("ddim", [0.5]), ("ggdm", [0.0])]

@@ -14,13 +14,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import jax
 
 from pipeline import config, ddss, report, rundir
+from pipeline.app.demo_budget import ACCELERATED, FULL, QUICK, Budget
+from pipeline.app.demo_rows import GRID_SAMPLES, Rows, Todo
 from pipeline.app.evaluate_job import EvaluateConfig, run_evaluations
 from pipeline.distill import config as dconfig
 from pipeline.distill import rounds
@@ -28,56 +30,11 @@ from pipeline.distill.run import run_until
 from pipeline.distributed.pool import EvalPool
 from pipeline.distributed.ray_init import ensure_ray
 from pipeline.errors import UserError
+from pipeline.evaluation import protocol
 from pipeline.models.classifier import load_or_train_feature_net
 from pipeline.samplers.registry import SamplerDiverged
 from pipeline.teacher import config as tconfig
 from pipeline.teacher.train import reuse_or_train
-
-GRID_SAMPLES = 30  # three samples of each digit per grid (sample i has label i % 10)
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    teacher: dict  # overrides of configs/digits_teacher.yaml
-    ks: tuple  # K of the baselines and accelerated samplers
-    num_samples: int  # per evaluated row
-    batch_size: int  # samples per evaluation block
-    search_ks: tuple
-    search_steps: int
-    search_batch: int
-    search_eval_samples: int
-    distill: dict  # overrides of the distillation config
-    distill_until: int = 4
-
-
-QUICK = Budget(
-    teacher={"model.kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}, "train.steps": 150,
-             "train.batch_size": 64, "train.warmup_steps": 20},
-    ks=(5,), num_samples=100, batch_size=100,
-    search_ks=(5,), search_steps=4, search_batch=16, search_eval_samples=50,
-    distill={"start_steps": 8, "stage1": {"train_steps": 20, "lr": 1e-3, "batch": 16},
-             "rounds": {"train_steps": 10, "lr": 1e-3, "batch": 16}},
-)
-FULL = Budget(
-    teacher={"train.steps": 700},
-    ks=(5, 10, 20), num_samples=1000, batch_size=250,
-    search_ks=(5, 10), search_steps=100, search_batch=64, search_eval_samples=250,
-    distill={"start_steps": 16, "stage1": {"train_steps": 1000, "lr": 3e-4, "batch": 64},
-             "rounds": {"train_steps": 400, "lr": 2e-4, "batch": 64}},
-)
-
-# (method label, sampler name, stride)
-BASELINES = [
-    ("ddpm", "ddpm", "quadratic"),
-    ("ddim (linear)", "ddim", "linear"),
-    ("ddim (quadratic)", "ddim", "quadratic"),
-    ("dpm-solver++2m", "dpm-solver++2m", "logsnr"),
-    ("ipndm", "ipndm", "quadratic"),
-]
-ACCELERATED = [
-    ("accel-ddim", "accel-ddim", "quadratic"),
-    ("accel-ddpm", "accel-ddpm", "logsnr"),
-]
 
 
 def teacher_config(budget: Budget, cache_dir: str):
@@ -103,30 +60,6 @@ def _log_teacher(state: str, path: str):
         print(f"  continuing the interrupted training in {path}")
 
 
-class Rows:
-    """The demo's result rows, their sample grids and notes, recorded as they come in."""
-
-    def __init__(self, run_dir: str):
-        self.run_dir, self.rows, self.grids, self.notes = run_dir, [], {}, []
-
-    def note(self, text: str):
-        self.notes.append(text)
-        print(f"  note: {text}")
-
-    def add(self, method: str, row: dict, stage: str, extra_s: float | None = None):
-        r = {"stage": stage, "method": method, "sampler": row["sampler"], "steps": row["steps"], "nfe": row["nfe"],
-             "fd": row["fd"], "kid": row["kid"], "kid_std": row["kid_std"], "wall_s": row["wall_s"], "train_s": extra_s}
-        self.rows.append(r)
-        rundir.append_metrics(self.run_dir, {"event": "row", **r})
-        if row.get("samples") is not None:
-            slug = re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
-            rel = f"grids/{slug}-K{row['steps']}.png"
-            report.save_grid(row["samples"], os.path.join(self.run_dir, rel), ncol=10)
-            self.grids[f"{method}, {row['steps']} steps"] = rel
-        print(f"  {method:28s} K={r['steps']:<3d} NFE={r['nfe']:<3d} FD={r['fd']:9.3f} KID={r['kid']:.4f} "
-              f"({r['wall_s']:.1f} s)")
-
-
 @dataclasses.dataclass
 class Stages:
     """What the stages share: the budget and directories, the evaluation pool, the thread that
@@ -143,38 +76,83 @@ class Stages:
     teacher: str = ""
     pending: list = dataclasses.field(default_factory=list)
     stage_s: dict = dataclasses.field(default_factory=dict)
+    tuned: dict = dataclasses.field(default_factory=dict)  # (sampler, K) -> protocol.Tuned
+    tuning: Any = None  # the Future of `tune`
 
-    def evaluate(self, todo, label: str = "rows") -> float:
-        """Evaluate rows (method, sampler, K, stride, stage, training s) together on the pool."""
-        b = self.budget
+    def run(self, items, label: str, samples: int, keep: int = 0) -> list:
+        """Evaluate (sampler, K, Setting, seed) items together on the pool: their rows, or their
+        SamplerDiverged (the caller reports it)."""
         cfgs = [config.load(EvaluateConfig, {
-            "teacher": self.teacher, "sampler": sampler, "steps": k, "num_samples": b.num_samples,
-            "workers": self.workers, "stride": stride, "cache_dir": self.cache_dir, "results_dir": self.run_dir,
-            "batch_size": min(b.batch_size, b.num_samples)}) for _, sampler, k, stride, _, _ in todo]
-        t1 = time.time()
-        rows = run_evaluations(cfgs, address=self.address, progress=False, pool=self.pool, keep_samples=GRID_SAMPLES,
+            "teacher": self.teacher, "sampler": sampler, "steps": k, "num_samples": samples, "seed": seed,
+            "workers": self.workers, "stride": s.stride, "t_max": s.t_max, "clip_x0": s.clip_x0,
+            "cache_dir": self.cache_dir, "results_dir": self.run_dir,
+            "batch_size": min(self.budget.batch_size, samples)}) for sampler, k, s, seed in items]
+        rows = run_evaluations(cfgs, address=self.address, progress=False, pool=self.pool, keep_samples=keep,
                                return_errors=True, heartbeat=f"{label} in the background")  # a line every 10 s
-        print(f"  evaluated {label} in the background: {len(todo)} rows in {time.time() - t1:.0f} s", flush=True)
-        for (method, _, k, _, stage, extra_s), row in zip(todo, rows):
-            if isinstance(row, SamplerDiverged):  # reported, not hidden: the row is left out
-                self.out.note(f"{method} at K = {k}: {row}")
-            elif isinstance(row, BaseException):
+        for row in rows:
+            if isinstance(row, BaseException) and not isinstance(row, SamplerDiverged):
                 raise row
+        return rows
+
+    def evaluate(self, todo: list[Todo], label: str = "rows", seeds: list | None = None) -> float:
+        """Evaluate rows on the pool, each on every test seed (or `seeds`: a DDSS row's several
+        artefacts, one list of sampler names per todo), and record them as mean ± std."""
+        t1 = time.time()
+        tests = self.budget.test_seeds
+        samplers = seeds or [[t.sampler] for t in todo]
+        items = [(name, t.steps, t.setting, seed) for t, names in zip(todo, samplers) for name in names for seed in tests]
+        rows = iter(self.run(items, label, self.budget.num_samples, keep=GRID_SAMPLES))
+        print(f"  evaluated {label} in the background: {len(todo)} rows in {time.time() - t1:.0f} s", flush=True)
+        for t, names in zip(todo, samplers):
+            got = [next(rows) for _ in names for _ in tests]
+            bad = [r for r in got if isinstance(r, BaseException)]
+            if bad:  # reported, not hidden: the row is left out
+                self.out.note(f"{t.method} at K = {t.steps}: {bad[0]}")
             else:
-                self.out.add(method, row, stage, extra_s)
+                self.out.add(t, got)
         return time.time() - t1
 
-    def submit(self, stage: str, todo):
+    def submit(self, stage: str, todo, *args):
         print(f"  evaluating {len(todo)} rows on the pool in the background ({stage})")
-        self.pending.append((stage, self.background.submit(self.evaluate, todo, stage)))
+        self.pending.append((stage, self.background.submit(self.evaluate, todo, stage, *args)))
+
+    def tune(self) -> float:
+        """Choose each training-free sampler's setting at each K on the validation seeds (all of
+        a coordinate stage at once on the pool)."""
+        b, t1 = self.budget, time.time()
+
+        def score_batch(todo):
+            rows = self.run([(sampler, k, s, seed) for (sampler, k), s, seed in todo], "tuning", b.val_samples)
+            return [float("inf") if isinstance(r, BaseException) else r["fd"] for r in rows]
+
+        self.tuned = protocol.tune_all(score_batch, {(s, k): protocol.Setting() for s in b.samplers for k in b.ks},
+                                       b.strides, b.val_seeds, b.t_maxes, b.clips)
+        print(f"  tuned {len(self.tuned)} sampler settings on validation seeds {list(b.val_seeds)} "
+              f"in {time.time() - t1:.0f} s", flush=True)
+        return time.time() - t1
+
+    def evaluate_tuned(self) -> float:
+        """The training-free samplers at their tuned settings, on the test seeds."""
+        b = self.budget
+        return self.evaluate([Todo(s, s, k, "accelerated" if s in ACCELERATED else "baseline", self.tuned[s, k].setting,
+                                   label=self.tuned[s, k].setting.label) for s in b.samplers for k in b.ks], "samplers")
+
+    def best_setting(self, k: int) -> tuple[str, protocol.Setting]:
+        """The training-free sampler at K with the lowest validation FD, and its setting."""
+        (sampler, _), tuned = min(((key, t) for key, t in self.tuned.items() if key[1] == k), key=lambda kv: kv[1].score.mean)
+        return sampler, tuned.setting
 
 
 def samplers_stage(st: Stages):
-    """[2/5]: the baselines and the accelerated samplers, submitted for evaluation."""
-    print(f"[2/5] baselines and accelerated samplers at K = {list(st.budget.ks)}")
-    st.submit("samplers", [(method, sampler, k, stride, stage, None)
-                           for stage, methods in (("baseline", BASELINES), ("accelerated", ACCELERATED))
-                           for method, sampler, stride in methods for k in st.budget.ks])
+    """[2/5]: every training-free sampler tuned on validation seeds, then evaluated on the test
+    seeds (in the background)."""
+    b = st.budget
+    print(f"[2/5] training-free samplers at K = {list(b.ks)}: settings chosen on validation seeds "
+          f"{list(b.val_seeds)}, rows on test seeds {list(b.test_seeds)}")
+    st.tuning = st.background.submit(st.tune)  # the single background thread runs its tasks in order
+    st.pending.append(("tuning", st.tuning))
+    print(f"  evaluating {len(b.samplers) * len(b.ks)} rows on the pool in the background (samplers)")
+    st.pending.append(("samplers", st.background.submit(st.evaluate_tuned)))
 
 
 def distill_stage(st: Stages):
@@ -195,37 +173,47 @@ def distill_stage(st: Stages):
     distill_s = time.time() - t0
     st.stage_s["distillation"] = distill_s
     root = dcfg.dir
-    todo = [("student-ddim (distilled)", f"student-ddim:{rounds.round_dir(root, r)}", n, "linear", "distilled",
-             distill_s if n == steps[-1] else None) for r, n in enumerate(steps[: len(records)])]
+    todo = [Todo("student-ddim (distilled)", f"student-ddim:{rounds.round_dir(root, r)}", n, "distilled",
+                 train_s=distill_s if n == steps[-1] else None) for r, n in enumerate(steps[: len(records)])]
     if len(records) == len(steps):
-        todo.append(("student-stochastic (distilled)", f"student-stochastic:{root}", steps[-1], "linear",
-                     "distilled", distill_s))
+        todo.append(Todo("student-stochastic (distilled)", f"student-stochastic:{root}", steps[-1], "distilled",
+                         train_s=distill_s))
     if todo:
         st.submit("students", todo)
     return dcfg
 
 
 def search_stage(st: Stages):
-    """[4/5]: a DDSS search (GGDM+PRED+TIME) per K of budget.search_ks, each result submitted."""
+    """[4/5]: DDSS searches (GGDM+PRED+TIME) per K of budget.search_ks, one per search seed, each
+    started from DDIM on the grid of the best tuned training-free sampler at that K (chosen on
+    validation seeds) and selected by FD on held-out data; a K's row covers all its searches."""
     t0 = time.time()
     b = st.budget
-    print(f"[4/5] DDSS search (GGDM+PRED+TIME) at K = {list(b.search_ks)}")
+    print(f"[4/5] DDSS search (GGDM+PRED+TIME) at K = {list(b.search_ks)}, search seeds {list(b.search_seeds)}")
     st.pool.wait_prepared()  # the search's loss needs the feature net
+    st.tuning.result()  # the start grids come from the tuning
     for k in b.search_ks:
         t1 = time.time()
-        cfg = ddss.load_config(None, {
-            "teacher": st.teacher, "steps": k, "train_steps": b.search_steps, "batch_size": b.search_batch,
-            "eval_every": max(1, b.search_steps // 4), "eval_samples": b.search_eval_samples,
-            # K <= 10 on CPU: the unrolled adjoint is the fastest reverse pass, its memory small
-            "remat": "adjoint-unrolled", "cache_dir": st.cache_dir, "workers": 0,
-            "checkpoint_every": b.search_steps})
-        try:
-            result = ddss.search(cfg, run_dir=os.path.join(st.run_dir, f"ddss-K{k}"), workers=0)
-        except ddss.SearchDiverged as e:  # reported, not hidden: the row is left out
-            st.out.note(f"DDSS search at K = {k} stopped: {e}")
-            continue
-        st.submit(f"DDSS K={k}", [("ggdm+pred+time (DDSS)", f"ggdm:{result['artefact']}", k, "quadratic", "ddss",
-                                   time.time() - t1)])
+        sampler, start = st.best_setting(k)
+        artefacts = []
+        for seed in b.search_seeds:
+            cfg = ddss.load_config(None, {
+                "teacher": st.teacher, "steps": k, "stride": start.stride, "t_max": start.t_max, "seed": seed,
+                "train_steps": b.search_steps, "batch_size": b.search_batch,
+                "eval_every": max(1, b.search_steps // 4), "eval_samples": b.search_eval_samples,
+                # K <= 10 on CPU: the unrolled adjoint is the fastest reverse pass, its memory small
+                "remat": "adjoint-unrolled", "cache_dir": st.cache_dir, "workers": 0,
+                "checkpoint_every": b.search_steps})
+            try:
+                result = ddss.search(cfg, run_dir=os.path.join(st.run_dir, f"ddss-K{k}-seed{seed}"), workers=0)
+            except ddss.SearchDiverged as e:  # reported, not hidden: the row is left out
+                st.out.note(f"DDSS search at K = {k} (seed {seed}) stopped: {e}")
+                continue
+            artefacts.append(f"ggdm:{result['artefact']}")
+        if artefacts:
+            st.submit(f"DDSS K={k}", [Todo("ggdm+pred+time (DDSS)", artefacts[0], k, "ddss", train_s=time.time() - t1,
+                                           label=f"from {sampler} {start.label}, {len(artefacts)} searches")],
+                      [artefacts])
     st.stage_s["ddss search"] = time.time() - t0
 
 
@@ -241,9 +229,15 @@ def report_stage(st: Stages, dcfg, quick: bool, t_start: float) -> dict:
     """[5/5]: report.md, the demo's entry of results.json (returned) and the printed summary."""
     print("[5/5] report")
     out = st.out
+    b = st.budget
     intro = (f"Digits testbed ({'quick' if quick else 'full'} budgets), teacher {st.teacher}, "
-             f"{st.budget.num_samples} samples per row against the digits test split, {st.workers} evaluation "
-             "actors (one pool for every row, rows evaluated together). Wall time is the evaluation's (sampling "
+             f"{b.num_samples} samples per evaluation against the digits test split, {st.workers} evaluation "
+             f"actors (one pool for every row, rows evaluated together). Every row is the mean ± std over test seeds "
+             f"{list(b.test_seeds)}; each training-free sampler runs at the setting (grid of {', '.join(b.strides)}; "
+             f"first time of {', '.join(f'{t:g}' for t in b.t_maxes)}; x0 clipping) with the lowest FD on validation "
+             f"seeds {list(b.val_seeds)} ({b.val_samples} samples each); a DDSS row covers its searches (seeds "
+             f"{list(b.search_seeds)}), each started from the best tuned grid at its K and selected by FD on held-out "
+             "training data. Wall time is the evaluation's (sampling "
              "and features, while other rows shared the actors); 'training' is the DDSS search or the whole "
              "distillation (all rounds) behind a row. Distilled students sample on the grid they were distilled "
              f"on (from logsnr {dcfg.logsnr_start:g}, linear stride), at the teacher's default guidance.")

@@ -33,7 +33,9 @@ class EvaluateConfig:
     num_samples: int = 1000
     workers: int = 2
     seed: int = 0
-    stride: str = "quadratic"
+    stride: str = "quadratic"  # the time grid (schedules.STRIDES)
+    t_max: float = 1.0  # the grid's first time, in (0, 1] (schedules.time_grid; an artefact's own times ignore it)
+    clip_x0: bool = True  # the model's data prediction clipped to [-1, 1] (false: --no-clip-x0)
     w: float | None = None  # guidance weight (None: the model's default)
     batch_size: int = 100  # samples per block (one jitted call)
     kid_samples: int | None = None  # KID on the first kid_samples samples (None: all)
@@ -46,6 +48,15 @@ class EvaluateConfig:
     worker_tpus: float = 0.0  # e.g. 4: one actor per TPU host
     pin_cores: bool = False  # hold actor j to core j (benchmarks)
     max_failures: int = 3  # lost actors tolerated before giving up
+    reference: str = "test"  # test: the data's test split | teacher: the teacher's own converged samples (no floor)
+    reference_steps: int = 512  # reference teacher: DDIM steps of its reference samples
+    reference_samples: int = 1000  # reference teacher: how many
+    seeds: tuple[int, ...] = ()  # the fair protocol (pipeline.app.protocol_job): mean ± std over these test seeds
+    tune: bool = False  # choose stride, t_max and clipping on val_seeds first (training-free samplers)
+    val_seeds: tuple[int, ...] = (1000, 1001)  # tune: settings are chosen on these, never reported
+    val_samples: int | None = None  # tune: samples per validation evaluation (None: num_samples)
+    tune_strides: tuple[str, ...] = ()  # tune: the grids tried (empty: every schedules.STRIDES)
+    tune_t_max: tuple[float, ...] = (1.0, 0.99, 0.97)  # tune: the first times tried
 
     def validate(self):
         from pipeline import schedules
@@ -61,6 +72,9 @@ class EvaluateConfig:
         config.check_range(self.batch_size, 1, MAX_BATCH, "batch_size")
         config.check(self.kid_samples is None or self.kid_samples >= 2, "kid_samples", "must be >= 2")
         config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}")
+        config.check(math.isfinite(self.t_max) and 0.0 < self.t_max <= 1.0, "t_max", f"must be in (0, 1], got {self.t_max}")
+        config.check(self.stride not in schedules.DIFFUSERS_STRIDES or self.steps <= schedules.DIFFUSERS_N, "steps",
+                     f"stride {self.stride!r} takes at most {schedules.DIFFUSERS_N} steps, got {self.steps}")
         config.check(self.metrics_backend in METRICS_BACKENDS, "metrics_backend",
                      f"must be one of {', '.join(METRICS_BACKENDS)}, got {self.metrics_backend!r}")
         config.check(self.workers <= MAX_WORKERS, "workers", f"must be <= {MAX_WORKERS}, got {self.workers}")
@@ -68,18 +82,37 @@ class EvaluateConfig:
             config.check(math.isfinite(getattr(self, key)) and getattr(self, key) >= 0, key,
                          f"must be a finite number >= 0, got {getattr(self, key)}")
         config.check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        from pipeline.evaluation.problems import REFERENCES
+
+        config.check(self.reference in REFERENCES, "reference", f"must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        config.check_range(self.reference_steps, 1, MAX_STEPS, "reference_steps")
+        config.check_range(self.reference_samples, 2, MAX_SAMPLES, "reference_samples")
+        for key in ("seeds", "val_seeds"):
+            config.check(all(0 <= s <= MAX_SEED for s in getattr(self, key)), key, "must be seeds in [0, 2**32 - 1]")
+        config.check(self.val_samples is None or 2 <= self.val_samples <= MAX_SAMPLES, "val_samples",
+                     f"must be in [2, {MAX_SAMPLES}]")
+        config.check(all(s in schedules.STRIDES for s in self.tune_strides), "tune_strides",
+                     f"must be among {', '.join(schedules.STRIDES)}, got {list(self.tune_strides)}")
+        config.check(all(math.isfinite(t) and 0.0 < t <= 1.0 for t in self.tune_t_max) and bool(self.tune_t_max),
+                     "tune_t_max", f"must be first times in (0, 1], got {list(self.tune_t_max)}")
 
     def result_key(self) -> str:
-        """The key of this evaluation in results.json["evaluations"]."""
+        """The key of this evaluation in results.json["evaluations"]; t_max and clipping appear
+        only when they differ from their defaults (so the keys of earlier results stay the same)."""
         w = "default" if self.w is None else f"{self.w:g}"
-        return f"{self.sampler} K={self.steps} {self.stride} w={w} n={self.num_samples} seed={self.seed} {self.metrics_backend}"
+        grid = self.stride + ("" if self.t_max == 1.0 else f" t_max={self.t_max!r}") + ("" if self.clip_x0 else " unclipped")
+        ref = "" if self.reference == "test" else f" vs teacher-{self.reference_steps}x{self.reference_samples}"
+        return f"{self.sampler} K={self.steps} {grid} w={w} n={self.num_samples} seed={self.seed} {self.metrics_backend}{ref}"
 
 
 def eval_spec(cfg: EvaluateConfig):
     """The EvalSpec of an EvaluateConfig (its teacher in digit-classifier, pixel or Inception features)."""
-    problem = teacher_problem(cfg.teacher, cfg.cache_dir, inception=cfg.inception_path is not None)
-    return artefact_spec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride, w=cfg.w,
-                         batch_size=cfg.batch_size, kid_samples=cfg.kid_samples)
+    problem = teacher_problem(cfg.teacher, cfg.cache_dir, inception=cfg.inception_path is not None,
+                              reference=cfg.reference, reference_steps=cfg.reference_steps,
+                              reference_samples=cfg.reference_samples)
+    return artefact_spec(problem, cfg.sampler, cfg.steps, cfg.num_samples, seed=cfg.seed, stride=cfg.stride,
+                         t_max=cfg.t_max, clip_x0=cfg.clip_x0, w=cfg.w, batch_size=cfg.batch_size,
+                         kid_samples=cfg.kid_samples)
 
 
 def check(cfg: EvaluateConfig) -> tuple[str, str]:
@@ -138,14 +171,7 @@ def run_evaluations(cfgs, address: str | None = None, progress: bool = True, poo
         for spec in specs:
             preflight(spec)  # a corrupt checkpoint, an artefact made for another model
     first = cfgs[0]
-    pool_kw = {}
-    if pool is None:
-        resources = {"CPU": first.worker_cpus}
-        if first.worker_gpus:
-            resources["GPU"] = first.worker_gpus
-        if first.worker_tpus:
-            resources["TPU"] = first.worker_tpus
-        pool_kw = dict(resources=resources, pin_cores=first.pin_cores, max_failures=first.max_failures)
+    pool_kw = {} if pool is not None else pool_options(first)
     with _heartbeat(heartbeat, sum(s.num_samples for s in specs)) as on_range_done:
         outs = evaluate_many(specs, workers=first.workers, progress=progress, backend=first.metrics_backend,
                              inception_path=first.inception_path, pool=pool, keep_samples=keep_samples,
@@ -159,11 +185,22 @@ def run_evaluations(cfgs, address: str | None = None, progress: bool = True, poo
         name, artefact = split_sampler(cfg.sampler)
         method = name if artefact is None else f"{name}:{os.path.basename(artefact.rstrip('/'))}"
         row = {"method": method, "sampler": cfg.sampler, "steps": cfg.steps, "nfe": samplers.nfe(name, cfg.steps),
-               "stride": cfg.stride, "w": cfg.w, "seed": cfg.seed, "features": spec.problem.label, "teacher": teacher,
+               "stride": cfg.stride, "t_max": cfg.t_max, "clip_x0": cfg.clip_x0, "w": cfg.w, "seed": cfg.seed,
+               "features": spec.problem.label, "reference": cfg.reference, "teacher": teacher,
                "metrics_backend": cfg.metrics_backend, "time": time.time(), **out}
         rundir.update_results(results_dir, {"evaluations": {cfg.result_key(): row}})
         rows.append(row if samples is None else {**row, "samples": samples})
     return rows
+
+
+def pool_options(cfg: EvaluateConfig) -> dict:
+    """EvalPool's options for cfg's actors: resources (CPU, and GPU / TPU where asked), pinning, failures."""
+    resources = {"CPU": cfg.worker_cpus}
+    if cfg.worker_gpus:
+        resources["GPU"] = cfg.worker_gpus
+    if cfg.worker_tpus:
+        resources["TPU"] = cfg.worker_tpus
+    return dict(resources=resources, pin_cores=cfg.pin_cores, max_failures=cfg.max_failures)
 
 
 @contextlib.contextmanager

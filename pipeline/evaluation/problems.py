@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.errors import choose
 from pipeline.evaluation.features import features_in_batches, pixel_features
 
 
@@ -118,6 +119,46 @@ def _data_reference(data, split, feature_fn):
     return features_in_batches(feature_fn, images)
 
 
+TEACHER_REFERENCE_SEED = 314159  # the teacher's reference samples: a seed no evaluation uses
+REFERENCES = ("test", "teacher")
+
+
+def teacher_reference_samples(run_dir, cache_dir, steps: int = 512, num: int = 1000, stride: str = "quadratic",
+                              seed: int = TEACHER_REFERENCE_SEED, progress: bool = True) -> np.ndarray:
+    """The teacher's own converged samples [num, *data_shape]: `steps`-step DDIM from
+    key(seed), the reference of a metric without the teacher's floor (it measures a sampler's
+    error, not the teacher's). Cached in cache_dir/teacher-reference under a digest of the
+    teacher's weights and these arguments, so a retrained teacher never reuses stale samples."""
+    import hashlib
+
+    import jax
+
+    from pipeline import io
+    from pipeline.data.arrays import read_npz
+    from pipeline.evaluation.evaluator import Evaluator
+    from pipeline.evaluation.spec import EvalSpec
+    from pipeline.progress import bar
+
+    teacher = _load_teacher(run_dir)
+    digest = hashlib.sha256(f"{steps}/{num}/{stride}/{seed}/{teacher.schedule.name}".encode())
+    for leaf in jax.tree.leaves(teacher.params):
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    path = os.path.join(os.path.abspath(cache_dir), "teacher-reference", digest.hexdigest()[:20] + ".npz")
+    if os.path.isfile(path):
+        return read_npz(path, what="teacher reference samples")["images"]
+    spec = EvalSpec(sampling_problem(run_dir), "ddim", steps, num, seed=seed, stride=stride, batch_size=min(250, num))
+    with bar(total=num, desc=f"teacher reference ({steps}-step ddim)", unit="sample", disable=not progress) as pb:
+        images, _ = Evaluator(spec).generate(pb.update)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    io.atomic_write_npz(path, {"images": images})
+    return images
+
+
+def _teacher_reference(run_dir, cache_dir, steps, num, feature_fn):
+    images = teacher_reference_samples(run_dir, cache_dir, steps, num)
+    return features_in_batches(feature_fn, images)
+
+
 def sampling_problem(run_dir) -> Problem:
     """A trained teacher to sample from (no features, no reference)."""
     from pipeline import rundir
@@ -125,11 +166,14 @@ def sampling_problem(run_dir) -> Problem:
     return Problem(functools.partial(_load_teacher, rundir.require_run_dir(run_dir, "teacher")))
 
 
-def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False) -> Problem:
-    """A trained teacher (pipeline.teacher.model.load_teacher) in its data set's feature space,
-    against its test split: the digit classifier's penultimate layer for digits (label
-    "digit-classifier"), the flattened pixels for npz (label "pixels"), or with inception=True
-    the images themselves, for the driver to put through Inception."""
+def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False, reference: str = "test",
+                    reference_steps: int = 512, reference_samples: int = 1000) -> Problem:
+    """A trained teacher (pipeline.teacher.model.load_teacher) in its data set's feature space:
+    the digit classifier's penultimate layer for digits (label "digit-classifier"), the
+    flattened pixels for npz (label "pixels"), or with inception=True the images themselves, for
+    the driver to put through Inception. reference "test": against its test split; "teacher":
+    against its own converged samples (teacher_reference_samples: reference_samples samples of
+    reference_steps-step DDIM), which measures the sampler's error without the teacher's floor."""
     from pipeline import rundir
     from pipeline.data.loading import require_data
     from pipeline.teacher.config import load_config
@@ -138,6 +182,14 @@ def teacher_problem(run_dir, cache_dir=".cache", inception: bool = False) -> Pro
     data = load_config(rundir.read_config(run_dir)).data
     require_data(data, "an evaluation (FD/KID against the test split)")
     model = functools.partial(_load_teacher, run_dir)
+    choose("reference", reference, REFERENCES)
+    if reference == "teacher":
+        ref = functools.partial(_teacher_reference, run_dir, cache_dir, reference_steps, reference_samples)
+        if inception:
+            return Problem(model, reference=ref, features=_identity, label="inception", moments=False)
+        features = (functools.partial(_digit_features, cache_dir) if data.name == "digits" else _pixels)
+        return Problem(model, reference=ref, features=features, label="digit-classifier" if data.name == "digits" else "pixels",
+                       prepare=features if data.name == "digits" else None)
     if data.name != "digits":
         reference = functools.partial(_data_reference, data, "test")
         if inception:

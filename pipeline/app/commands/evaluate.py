@@ -15,6 +15,9 @@ _FLAGS = {
     "workers": "workers", "seed": "seed", "stride": "stride", "w": "w", "metrics_backend": "metrics_backend",
     "inception_path": "inception_path", "batch_size": "batch_size", "kid_samples": "kid_samples",
     "results_dir": "results_dir", "cache_dir": "cache_dir", "worker_gpus": "worker_gpus",
+    "t_max": "t_max", "clip_x0": "clip_x0", "seeds": "seeds", "tune": "tune", "val_seeds": "val_seeds",
+    "val_samples": "val_samples", "reference": "reference", "reference_steps": "reference_steps",
+    "reference_samples": "reference_samples",
 }
 
 
@@ -29,8 +32,24 @@ def add_arguments(p):
     p.add_argument("--num-samples", type=int, metavar="N")
     p.add_argument("--workers", type=int, metavar="W", help="evaluation actors (default 2)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--stride", choices=["linear", "quadratic", "logsnr"])
+    from pipeline import schedules
+
+    p.add_argument("--stride", choices=schedules.STRIDES, help="the time grid (default quadratic; schedules.time_grid)")
+    p.add_argument("--t-max", type=float, metavar="T", help="the grid's first time, in (0, 1] (default 1.0: pure noise)")
+    p.add_argument("--no-clip-x0", dest="clip_x0", action="store_const", const=False, default=None,
+                   help="do not clip the model's data prediction to [-1, 1] (clipped by default)")
     p.add_argument("--w", type=float, metavar="GUIDANCE", help="classifier-free guidance weight")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="the fair protocol: evaluate on each of these test seeds (>= 3) and report mean ± std")
+    p.add_argument("--tune", action="store_const", const=True, default=None,
+                   help="first choose stride, t_max and clipping on --val-seeds (lowest mean FD), then report on "
+                        "--seeds (default 0 1 2)")
+    p.add_argument("--val-seeds", type=int, nargs="+", metavar="S", help="--tune's validation seeds (default 1000 1001)")
+    p.add_argument("--val-samples", type=int, metavar="N", help="samples per validation evaluation (default --num-samples)")
+    p.add_argument("--reference", choices=["test", "teacher"],
+                   help="FD/KID against the test split (default) or the teacher's own converged samples (no floor)")
+    p.add_argument("--reference-steps", type=int, metavar="K", help="--reference teacher: its DDIM steps (default 512)")
+    p.add_argument("--reference-samples", type=int, metavar="N", help="--reference teacher: how many (default 1000)")
     p.add_argument("--metrics-backend", choices=["jax", "tfgan"])
     p.add_argument("--inception-path", metavar="P", help="TF-Hub Inception module directory (real data)")
     p.add_argument("--batch-size", type=int, help="samples per jitted block (default 100)")
@@ -70,6 +89,13 @@ def run(args) -> int:
     cfg = config.load(EvaluateConfig, args.config, overrides)
     # every check that needs no computation first, then Ray, then the teacher and artefact loaded
     # and checked here: a bad input fails before any actor starts (run_evaluations)
+    if cfg.seeds or cfg.tune:
+        from pipeline.app.protocol_job import run_protocol
+
+        summary = run_protocol(cfg, address=args.address)
+        print(json.dumps({k: summary.get(k) for k in ("sampler", "steps", "label", "test_seeds", "fd", "kid",
+                                                       "fd_per_seed", "errors")}, indent=2))
+        return 0
     row = run_evaluation(cfg, address=args.address)
     print(json.dumps({k: row[k] for k in ("sampler", "steps", "nfe", "num_samples", "workers", "kid", "fd",
                                          "wall_s", "samples_per_s")}, indent=2))
