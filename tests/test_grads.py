@@ -209,6 +209,9 @@ def distill_steps(path=None, steps=2, r=0):
     tcfg = load_config(None, {"model.kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}})
     model = train.build_model(tcfg.model, 10)
     params = jax.device_get(train.init_state(model, train.make_optimizer(tcfg.train), (8, 8, 1), 0)["params"])
+    # zero-initialised output layers make eps = 0: the loss would be exactly 0 and the parameters never move
+    noise = np.random.default_rng(5)
+    params = jax.tree.map(lambda a: (a + 0.05 * noise.standard_normal(a.shape)).astype(np.float32), params)
     teacher = Teacher(model, params, schedules.get(tcfg.schedule), tcfg, (8, 8, 1), 10, 0)
     cfg = dconfig.load({"teacher": "t", "start_steps": 4, "rounds": {"train_steps": 10, "lr": 1e-3, "batch": 8}})
     optimizer = optax.sgd(0.1)  # not Adam: it turns float noise in near-zero gradients into +-lr steps
@@ -232,3 +235,5 @@ def test_distillation_steps_on_four_devices_equal_one_device(path):
     assert devices == 4
     _, one = distill_steps("process")
     np.testing.assert_allclose(np.asarray(four), np.asarray(one), rtol=1e-4, atol=1e-5)
+    _, start = distill_steps("process", steps=0)
+    assert np.abs(np.asarray(one) - np.asarray(start)).max() > 1e-3  # the steps moved the parameters
