@@ -69,15 +69,22 @@ class Scorer:
         return out
 
 
-class Cache:
-    """Scores by key, kept in a JSON file rewritten atomically after each new score."""
+class NotCached(Exception):
+    """--cached-only: a score this run has not computed yet."""
 
-    def __init__(self, path: str):
-        self.path = path
+
+class Cache:
+    """Scores by key, kept in a JSON file rewritten atomically after each new score. cached_only:
+    nothing is computed (NotCached instead), for tables of an interrupted run."""
+
+    def __init__(self, path: str, cached_only: bool = False):
+        self.path, self.cached_only = path, cached_only
         self.data = json.load(open(path)) if os.path.isfile(path) else {}
 
     def get(self, key: str, compute):
         if key not in self.data:
+            if self.cached_only:
+                raise NotCached(key)
             self.data[key] = compute()
             from pipeline.io import atomic_write_json
 
@@ -130,6 +137,8 @@ def ddss(scorer, cache, problem_key: dict, K: int, start, seed: int, args) -> li
         "eval_every": args.search_eval_every, "eval_samples": args.search_eval_samples, "select_by": "fd",
         "checkpoint_every": args.search_eval_every, "remat": "adjoint-unrolled", "workers": 0})
     if not os.path.isfile(os.path.join(run_dir, "sampler", "meta.json")):
+        if cache.cached_only:
+            raise NotCached(run_dir)
         resume = os.path.isfile(os.path.join(run_dir, rundir.CONFIG))
         t = time.time()
         search_mod.search(cfg, run_dir=run_dir, resume=resume)
@@ -147,13 +156,16 @@ def section(scorer, cache, metrics_: tuple, problem_key: dict, args) -> dict:
     """Tuned training-free samplers and DDSS at every K, for each metric; the goals."""
     from pipeline.evaluation import protocol
 
-    out = {}
+    out, starts = {}, {}
     for metric in metrics_:
         rows, goals = [], {}
         for K in args.ks:
             tuned_rows = []
             for sampler in args.samplers:
-                tuned, test = training_free(scorer, cache, sampler, K, metric, args)
+                try:
+                    tuned, test = training_free(scorer, cache, sampler, K, metric, args)
+                except NotCached:
+                    continue
                 tuned_rows.append({"method": sampler, "K": K, "setting": dataclasses.asdict(tuned.setting),
                                    "label": tuned.setting.label, "val": dataclasses.asdict(tuned.score),
                                    "tried": [{"setting": dataclasses.asdict(s), **dataclasses.asdict(v)}
@@ -163,11 +175,18 @@ def section(scorer, cache, metrics_: tuple, problem_key: dict, args) -> dict:
             rows += tuned_rows
             if not args.ddss_seeds:
                 continue
-            start_row = min(tuned_rows, key=lambda r: r["val"]["mean"])  # chosen on validation, not test
-            start = protocol.Setting(**start_row["setting"])
-            scores = [t for seed in args.ddss_seeds for t in ddss(scorer, cache, problem_key, K, start, seed, args)]
+            if not tuned_rows:
+                continue
+            if K not in starts:  # chosen on validation (never test) by the first metric; every metric scores the same searches
+                start_row = min(tuned_rows, key=lambda r: r["val"]["mean"])
+                starts[K] = (start_row["method"], protocol.Setting(**start_row["setting"]))
+            start_method, start = starts[K]
+            try:
+                scores = [t for seed in args.ddss_seeds for t in ddss(scorer, cache, problem_key, K, start, seed, args)]
+            except NotCached:
+                continue
             ours = protocol.summary(t[metric] for t in scores)
-            rows.append({"method": "DDSS (GGDM+PRED+TIME)", "K": K, "label": f"from {start_row['method']} {start.label}",
+            rows.append({"method": "DDSS (GGDM+PRED+TIME)", "K": K, "label": f"from {start_method} {start.label}",
                          "setting": dataclasses.asdict(start), "test": dataclasses.asdict(ours),
                          "kid": dataclasses.asdict(protocol.summary(t[metric.replace("fd", "kid")] for t in scores))})
             best = min(tuned_rows, key=lambda r: r["test"]["mean"])
@@ -185,7 +204,7 @@ def table(rows, ks, metric) -> str:
         cells = []
         for k in ks:
             r = by.get((m, k))
-            cells.append("-" if r is None else f"{r['test']['mean']:.3f} ± {r['test']['std']:.3f} ({r['label']})")
+            cells.append("-" if r is None else f"{r['test']['mean']:.4g} ± {r['test']['std']:.2g} ({r['label']})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -207,7 +226,8 @@ def plot(panels, path):
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], capsize=3,
                         fmt="-o" if ours else "--.", lw=2 if ours else 1, label=m)
         ax.set(xlabel="K = NFE", ylabel="FD (mean ± std over test seeds)", yscale="log", title=title)
-        ax.legend(fontsize=7)
+        if rows:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
 
@@ -235,6 +255,7 @@ def main(argv=None) -> int:
     p.add_argument("--search-eval-every", type=int, default=50)
     p.add_argument("--search-eval-samples", type=int, default=500)
     p.add_argument("--out", default=os.path.join(common.OUT, "fair"))
+    p.add_argument("--cached-only", action="store_true", help="compute nothing: tables of what an earlier run scored")
     p.add_argument("--smoke", action="store_true", help="seconds: one mixture, K=3, tiny budgets (the tests run it)")
     args = p.parse_args(argv)
 
@@ -256,7 +277,7 @@ def main(argv=None) -> int:
     args.test_seeds = args.test_seeds or list(protocol.TEST_SEEDS)
     protocol.check_seeds(args.val_seeds, args.test_seeds)
     t0, load0 = time.time(), os.getloadavg()[0]
-    cache = Cache(os.path.join(args.out, "scores.json"))
+    cache = Cache(os.path.join(args.out, "scores.json"), args.cached_only)
     out = {"meta": {"command": "python bench/fair.py " + " ".join(sys.argv[1:] if argv is None else argv),
                     "args": vars(args)}}
     panels, md = [], []

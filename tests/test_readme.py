@@ -28,7 +28,8 @@ TINY = {  # appended to every line of that command (values as YAML, like any --s
     "search": ["train_steps=2", "batch_size=8", "eval_samples=16", "eval_every=2", "checkpoint_every=2", "workers=0"],
     "distill": ["distill.start_steps=8", "distill.stage1={train_steps: 2, lr: 1.0e-4, batch: 8}",
                 "distill.rounds={train_steps: 2, lr: 5.0e-5, batch: 8}", "workers=0"],
-    "evaluate": ["num_samples=64", "workers=1", "batch_size=64"],
+    "evaluate": ["num_samples=64", "workers=1", "batch_size=64", "val_seeds=[1000]", "tune_strides=[linear, karras]",
+                 "tune_t_max=[1.0, 0.97]"],
 }
 
 

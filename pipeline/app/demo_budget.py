@@ -37,7 +37,7 @@ QUICK = Budget(
     search_ks=(5,), search_steps=4, search_batch=16, search_eval_samples=50,
     distill={"start_steps": 8, "stage1": {"train_steps": 20, "lr": 1e-3, "batch": 16},
              "rounds": {"train_steps": 10, "lr": 1e-3, "batch": 16}},
-    samplers=("ddpm", "ddim", "accel-ddim", "accel-ddpm", "dpm-solver++2m"), strides=("linear", "karras"),
+    samplers=("ddim", "accel-ddim", "dpm-solver++2m"), strides=("linear", "karras"),
     t_maxes=(1.0,), clips=(True,), val_seeds=(1000,), val_samples=50, test_seeds=(0, 1, 2), search_seeds=(0,),
 )
 FULL = Budget(
