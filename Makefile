@@ -6,6 +6,9 @@ TFGAN_VENV := .venv-tfgan
 STAMP := $(VENV)/.installed
 TFGAN_STAMP := $(TFGAN_VENV)/.installed
 PYTEST_ARGS ?= --durations=25
+# `make test` runs on two pytest-xdist workers, a module at a time (its module fixtures built once),
+# the longest modules first (tests/conftest.py: FIRST); `make test XDIST=` runs it in one process.
+XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 # `make test` leaves out the minutes-long cluster-guide run (marker slow); `make test-slow` runs it.
 SLOW_ARGS ?= -m slow
 
@@ -33,7 +36,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ddss demo
 
 test: $(STAMP) $(TFGAN_STAMP)
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-slow: $(STAMP) $(TFGAN_STAMP)
 	$(VENV)/bin/python -m pytest $(SLOW_ARGS) $(PYTEST_ARGS)

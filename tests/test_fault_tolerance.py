@@ -18,9 +18,7 @@ import pytest
 
 from helpers import read_metrics
 from pipeline import checkpoint, config, ddss, rundir
-from pipeline.teacher import config as tconfig
 from pipeline.teacher import model as tmodel
-from pipeline.teacher import train
 from pipeline.ddss import artefact
 from pipeline.ddss.problem import build_problem
 from pipeline.ddss.search import init_state, search_loop
@@ -165,14 +163,10 @@ def test_search_worker_killed_resumes_to_the_uninterrupted_parameters(search_uni
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    """A tiny digits teacher (U-Net ch=8); 2 training steps: only its being a teacher matters."""
-    d = str(tmp_path_factory.mktemp("teacher"))
-    cfg = tconfig.load_config({"model": {"kwargs": {"ch": 8, "ch_mult": [1], "num_res_blocks": 1}},
-                             "train": {"steps": 2, "batch_size": 8, "checkpoint_every": 2, "log_every": 2},
-                             "sample": {"fd_samples": 0}})
-    rundir.write_config(d, cfg)
-    run_spmd(train.teacher_loop, {"config": config.to_dict(cfg)}, num_workers=0, run_dir=d)
-    return d
+    """A tiny digits teacher (U-Net ch=8), untrained: only its being a teacher matters."""
+    from cli_fixtures import _write_teachers
+
+    return _write_teachers(tmp_path_factory.mktemp("teacher"), tiny=lambda a: a)["tiny"]
 
 
 def _round0(teacher, root, cache, pause_at=None):

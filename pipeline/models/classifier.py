@@ -6,6 +6,8 @@ Trained on the digits train split only, with one-pixel random shifts. Saved as f
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 
@@ -133,11 +135,31 @@ def feature_net_path(cache_dir, seed: int = 0) -> str:
     return os.path.join(os.fspath(cache_dir), "feature_net", f"digits-seed{seed}.msgpack")
 
 
+@contextlib.contextmanager
+def _creation_lock(path):
+    """An exclusive flock on path's ".lock" sibling: one process trains a cache entry, the others wait."""
+    lock = _paths(path)[0][: -len(".msgpack")] + ".lock"
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def load_or_train_feature_net(cache_dir, seed: int = 0, progress: bool = True):
-    """The digit classifier's params, cached under cache_dir/feature_net/ (trained once, then reused)."""
+    """The digit classifier's params, cached under cache_dir/feature_net/ (trained once, then reused).
+
+    Processes sharing the cache (evaluation actors, parallel test workers) train it once: the first
+    trains under a lock, the others wait for it and read its file."""
     path = feature_net_path(cache_dir, seed)
-    if os.path.exists(_paths(path)[1]):  # the sidecar is written last: its presence means complete
-        return load_feature_net(path)[0]
-    params, acc = train_digit_classifier(seed=seed, progress=progress)
-    save_feature_net(path, params, {"seed": seed, "test_accuracy": acc, "feature_dim": FEATURE_DIM, "data": "sklearn-digits train split"})
-    return params
+    complete = lambda: os.path.exists(_paths(path)[1])  # noqa: E731  the sidecar is written last
+    if not complete():
+        with _creation_lock(path):
+            if not complete():
+                params, acc = train_digit_classifier(seed=seed, progress=progress)
+                save_feature_net(path, params, {"seed": seed, "test_accuracy": acc, "feature_dim": FEATURE_DIM,
+                                                "data": "sklearn-digits train split"})
+                return params
+    return load_feature_net(path)[0]
