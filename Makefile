@@ -9,7 +9,8 @@ PYTEST_ARGS ?= --durations=25
 # `make test` runs on two pytest-xdist workers, a module at a time (its module fixtures built once),
 # the longest modules first (tests/conftest.py: FIRST); `make test XDIST=` runs it in one process.
 XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
-# `make test` leaves out the minutes-long cluster-guide run (marker slow); `make test-slow` runs it.
+# `make test` leaves out the tests marked slow (minutes long, or costly repeats of cheaper tests);
+# `make test-slow` runs them.
 SLOW_ARGS ?= -m slow
 
 .PHONY: demo test test-slow venv tfgan-venv bench clean

@@ -13,8 +13,8 @@ pytest_plugins = ["cli_fixtures"]  # the `ddss` command tests' teachers, search 
 # so that no worker is left running a long one alone at the end; the rest keep their order.
 TOGETHER = {name: "distill rounds on tiny_teacher_dir" for name in
             ("test_distill_loop.py", "test_distill_rounds.py", "test_distill_run.py", "test_distill_student.py")}
-FIRST = ("test_fault_tolerance.py", "test_distill_loop.py", "test_distill_rounds.py", "test_distill_run.py",
-         "test_distill_student.py", "test_teacher_train.py", "test_readme.py", "test_demo.py", "test_spmd.py",
+FIRST = ("test_demo.py", "test_teacher_train.py", "test_readme.py", "test_fault_tolerance.py", "test_distill_loop.py",
+         "test_distill_rounds.py", "test_distill_run.py", "test_distill_student.py", "test_spmd.py",
          "test_ddss_search.py", "test_pool.py", "test_grads.py", "test_commands_evaluate.py", "test_byo.py",
          "test_accelerator.py", "test_evaluation_evaluator.py", "test_commands_sample.py", "test_ggdm.py",
          "test_distill_losses.py", "test_submit.py", "test_tfgan_backend.py", "test_classifier.py")

@@ -186,6 +186,8 @@ def _round_state(root, like):
     return jax.device_get(load_student_params(str(root), 0, like))
 
 
+@pytest.mark.slow  # three worker groups (~200 s of CPU): the search's test above covers the restart and
+# test_distill_loop.py's SIGKILL test the round's bit-exact resume; `make test-slow` runs it
 def test_distill_round_worker_killed_resumes_to_the_uninterrupted_parameters(by_value, cache_dir, teacher_dir,
                                                                              tmp_path):
     whole_dir, whole = _round0(teacher_dir, tmp_path / "whole", cache_dir)

@@ -111,10 +111,13 @@ def test_every_readme_command_runs_as_written(local_ray, tmp_path, monkeypatch, 
         out = capsys.readouterr()
         assert rc == 0, f"{line}\n{out.err[-3000:]}"
         ran.append(argv[0])
-    assert ran.count("evaluate") == 3 and ran.count("sample") == 2 and "import-teacher" in ran
+    assert ran.count("evaluate") == 4 and ran.count("sample") == 2 and "import-teacher" in ran
 
-    evals = json.load(open(os.path.join(dirs["RUN_DIR"], "results.json")))["evaluations"]
-    assert len(evals) == 3
+    results = json.load(open(os.path.join(dirs["RUN_DIR"], "results.json")))
+    evals = results["evaluations"]
+    tuned = [k for k in evals if k.startswith("unipc-2 ")]  # the --tune --seeds 0 1 2 line: validation and test seeds
+    assert len(evals) - len(tuned) == 3 and len(results["protocol"]) == 1
+    assert sorted(re.search(r" seed=(\d+) ", k)[1] for k in tuned if " seed=1000 " not in k) == ["0", "1", "2"]
     for row in evals.values():
         assert np.isfinite(row["fd"]) and np.isfinite(row["kid"])
     for npz, n in (("k5.npz", 100), ("imported.npz", 16)):
