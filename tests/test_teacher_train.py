@@ -113,30 +113,38 @@ def test_sampling_a_teacher_while_it_trains_reads_without_writing(tmp_path):
 
     run_dir = tmp_path / "run"
     log = open(tmp_path / "trainer.log", "w")
-    trainer = subprocess.Popen(_cmd(run_dir, *TINY, "--set", "train.steps=200", "--set", "train.batch_size=8",
-                                    "--set", "train.checkpoint_every=1", "--set", "train.log_every=40"),
+    trainer = subprocess.Popen(_cmd(run_dir, *TINY, "--set", "train.steps=100", "--set", "train.batch_size=8",
+                                    "--set", "train.checkpoint_every=1", "--set", "train.log_every=20"),
                                cwd=ROOT, env=ENV, stdout=log, stderr=log)
     deadline = time.time() + 300
     while trainer.poll() is None and not (run_dir / "teacher.json").exists() and time.time() < deadline:
         time.sleep(0.05)
-    samples, loads = [], []
-    for i in range(3):
-        while i and trainer.poll() is None and not _checkpoint_steps(run_dir):
-            time.sleep(0.05)  # the first sample may find no checkpoint; the others read one
-        before = _checkpoint_steps(run_dir)  # committed steps (orbax's tmp folders are not digits)
-        out = subprocess.run([sys.executable, "-m", "pipeline.app.cli", "sample", "--teacher", str(run_dir), "--steps",
-                              "2", "--num-samples", "4", "--out", str(tmp_path / f"s{i}.npz")], cwd=ROOT, env=ENV,
-                             capture_output=True, text=True, timeout=300)
-        samples.append((before, out))
+
+    def sample(i):
+        """(the committed steps when it started, a `ddss sample` process started now)"""
+        before = _checkpoint_steps(run_dir)  # orbax's tmp folders are not digits
+        return before, subprocess.Popen([sys.executable, "-m", "pipeline.app.cli", "sample", "--teacher", str(run_dir),
+                                         "--steps", "2", "--num-samples", "4", "--out", str(tmp_path / f"s{i}.npz")],
+                                        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    started = [sample(0)]  # the first may find no checkpoint; the others read one, all while the trainer goes on
+    while trainer.poll() is None and not _checkpoint_steps(run_dir):
+        time.sleep(0.05)
+    started += [sample(1), sample(2)]
+    loads = []
     while trainer.poll() is None:
         before = _checkpoint_steps(run_dir)
         try:
             loads.append((before, tmodel.load_teacher(str(run_dir)).step))
         except UserError as e:
             loads.append((before, str(e)))
+    samples = []
+    for before, p in started:
+        out, err = p.communicate(timeout=300)
+        samples.append((before, subprocess.CompletedProcess(p.args, p.returncode, out, err)))
     assert trainer.wait(timeout=400) == 0, (tmp_path / "trainer.log").read_text()[-3000:]
-    assert rundir.read_results(str(run_dir))["teacher"]["trained_steps"] == 200
-    assert [r["step"] for r in read_metrics(run_dir)] == [40, 80, 120, 160, 200]
+    assert rundir.read_results(str(run_dir))["teacher"]["trained_steps"] == 100
+    assert [r["step"] for r in read_metrics(run_dir)] == [20, 40, 60, 80, 100]
     for before, out in samples:
         assert "unreadable" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
         if out.returncode:
@@ -149,7 +157,7 @@ def test_sampling_a_teacher_while_it_trains_reads_without_writing(tmp_path):
     # a reader leaves nothing behind: the run directory is unchanged by loading it
     snap = _snapshot(run_dir)
     teacher = tmodel.load_teacher(str(run_dir))
-    assert teacher.step == 200
+    assert teacher.step == 100
     assert _snapshot(run_dir) == snap
 
 
