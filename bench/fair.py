@@ -7,8 +7,9 @@ The protocol is pipeline.evaluation.protocol's:
 1. tune: for each problem, sampler and K, the time grid, first time t_max and x0 clipping are
    chosen on validation seeds (protocol.tune, lowest mean FD; each metric tuned separately);
 2. test: the chosen setting on the test seeds, mean ± std;
-3. ddss: GGDM+PRED+TIME searches (several search seeds) start from the grid of the best tuned
-   training-free sampler at that K, are selected by FD on held-out data, and are scored on the
+3. ddss: GGDM+PRED+TIME searches (several search seeds) start from the best tuned training-free
+   sampler at that K, exactly (its GGDM parameters on its grid, t_max and clipping:
+   samplers.linear), are selected by FD on held-out data, and are scored on the
    same test seeds (mean ± std over search seeds x test seeds);
 4. goals: DDSS against the best tuned training-free sampler, "better" only beyond 2 std.
 Metrics, from the same samples: digits FD/KID (digit-classifier features) against the test split
@@ -123,16 +124,19 @@ def _timed(fn, label, *a):
     return out
 
 
-def ddss(scorer, cache, problem_key: dict, K: int, start, seed: int, args) -> list:
-    """Test-seed scores of one GGDM+PRED+TIME search started from DDIM on `start`'s grid."""
+def ddss(scorer, cache, problem_key: dict, K: int, start_method: str, start, seed: int, args) -> list:
+    """Test-seed scores of one GGDM+PRED+TIME search started from `start_method` exactly (samplers.linear) on
+    `start`'s grid, t_max and clipping."""
     from pipeline import ddss as search_mod
     from pipeline import rundir
     from pipeline.ddss import artefact
     from pipeline.evaluation import protocol
 
-    run_dir = os.path.join(args.out, "ddss", f"{scorer.name}-K{K}-{start.stride}-t{start.t_max:g}-seed{seed}")
+    clip = "" if start.clip_x0 or not scorer.clips else "-unclipped"
+    run_dir = os.path.join(args.out, "ddss", f"{scorer.name}-K{K}-{start_method}-{start.stride}-t{start.t_max:g}{clip}-seed{seed}")
     cfg = search_mod.load_config(None, {
-        **problem_key, "steps": K, "variant": "ggdm+pred+time", "stride": start.stride, "t_max": start.t_max,
+        **problem_key, "steps": K, "variant": "ggdm+pred+time", "init": start_method, "stride": start.stride,
+        "t_max": start.t_max, "clip_x0": start.clip_x0 or not scorer.clips,
         "seed": seed, "batch_size": args.search_batch, "train_steps": args.search_steps, "learning_rate": args.search_lr,
         "eval_every": args.search_eval_every, "eval_samples": args.search_eval_samples, "select_by": "fd",
         "checkpoint_every": args.search_eval_every, "remat": "adjoint-unrolled", "workers": 0})
@@ -182,7 +186,7 @@ def section(scorer, cache, metrics_: tuple, problem_key: dict, args) -> dict:
                 starts[K] = (start_row["method"], protocol.Setting(**start_row["setting"]))
             start_method, start = starts[K]
             try:
-                scores = [t for seed in args.ddss_seeds for t in ddss(scorer, cache, problem_key, K, start, seed, args)]
+                scores = [t for seed in args.ddss_seeds for t in ddss(scorer, cache, problem_key, K, start_method, start, seed, args)]
             except NotCached:
                 continue
             ours = protocol.summary(t[metric] for t in scores)

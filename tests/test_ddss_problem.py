@@ -78,3 +78,35 @@ def test_teacher_problem_holds_out_part_of_the_training_split_and_never_reads_te
     np.testing.assert_allclose(problem.reference, train[loss_rows], atol=1e-6)
     np.testing.assert_allclose(problem.validation, train[held_rows], atol=1e-6)
     assert problem.meta["teacher"] and problem.meta["features"] == "pixels"
+
+
+def test_teacher_reference_is_its_own_samples_of_a_seed_no_evaluation_uses(teachers, monkeypatch, tmp_path):
+    """reference "teacher": the loss's and the validation reference are the two parts of the teacher's
+    own reference_steps-step DDIM samples (holdout_split's rows), drawn from a seed the evaluation's
+    teacher reference does not use."""
+    import pipeline.evaluation as evaluation
+    from pipeline.ddss.problem import TEACHER_SAMPLES_SEED, holdout_split
+    from pipeline.evaluation import pixel_features
+    from pipeline.evaluation.problems import TEACHER_REFERENCE_SEED, teacher_reference_samples
+
+    monkeypatch.setattr(evaluation, "data_features", lambda name, cache: (pixel_features, "pixels"))
+    cfg = ddss.load_config(None, {"teacher": teachers["good"], "steps": 3, "reference": "teacher", "reference_steps": 4,
+                                  "reference_samples": 40, "holdout_fraction": 0.25, "cache_dir": str(tmp_path)})
+    problem = build_problem(cfg)
+    own = teacher_reference_samples(teachers["good"], str(tmp_path), 4, 40, seed=TEACHER_SAMPLES_SEED).reshape(40, -1)
+    loss_rows, held_rows = holdout_split(40, 0.25)
+    np.testing.assert_allclose(problem.reference, own[loss_rows], atol=1e-6)
+    np.testing.assert_allclose(problem.validation, own[held_rows], atol=1e-6)
+    assert problem.meta["reference"] == "teacher" and problem.meta["reference_steps"] == 4
+    evaluation_ref = teacher_reference_samples(teachers["good"], str(tmp_path), 4, 40, seed=TEACHER_REFERENCE_SEED)
+    assert TEACHER_SAMPLES_SEED != TEACHER_REFERENCE_SEED and np.abs(evaluation_ref.reshape(40, -1) - own).max() > 0.1
+
+
+def test_a_teacher_reference_is_refused_where_it_means_nothing():
+    from pipeline.errors import UserError
+
+    for overrides, needle in (({"gmm": "ring2d"}, "must be data with gmm"),
+                              ({"teacher": "t", "guidance": 2.0}, "leave guidance unset"),
+                              ({"teacher": "t", "reference": "model"}, "must be one of data, teacher")):
+        with pytest.raises(UserError, match=needle):
+            ddss.load_config(None, {"steps": 3, "reference": "teacher", **overrides})

@@ -19,7 +19,7 @@ from pipeline.ddss.problem import build_problem
 from pipeline.ddss.search import init_state
 from pipeline.errors import UserError
 from pipeline.metrics import frechet_distance
-from pipeline.samplers import ggdm
+from pipeline.samplers import ggdm, linear
 
 SEARCH = {"gmm": "ring2d", "steps": 4, "batch_size": 64, "train_steps": 200, "eval_every": 50, "eval_samples": 500,
           "checkpoint_every": 5, "learning_rate": 0.01, "workers": 0}
@@ -60,30 +60,34 @@ def _final_state(run_dir):
         return jax.device_get(ck.restore(target))
 
 
-def test_a_zero_step_search_from_a_tuned_grid_is_ddim_on_that_grid(tmp_path):
-    """Started from karras at t_max 0.9, the step-0 artefact samples exactly as DDIM on
-    time_grid(K, "karras", t_max=0.9), and it says which grid it started from."""
+@pytest.mark.parametrize("init", ["ddim", "unipc-2"])
+def test_a_zero_step_search_is_its_start_sampler_on_its_grid(tmp_path, init):
+    """Started from `init` on karras at t_max 0.9, the step-0 artefact samples exactly as that sampler
+    on time_grid(K, "karras", t_max=0.9), and it says what it started from."""
     from pipeline import schedules
 
-    cfg = ddss.load_config(None, {**SEARCH, "stride": "karras", "t_max": 0.9, "train_steps": 0, "eval_samples": 64,
-                                  "batch_size": 32})
+    cfg = ddss.load_config(None, {**SEARCH, "init": init, "stride": "karras", "t_max": 0.9, "train_steps": 0,
+                                  "eval_samples": 64, "batch_size": 32})
     result = ddss.search(cfg, run_dir=tmp_path / "run")
-    assert result["best_step"] == 0 and result["stride"] == "karras" and result["t_max"] == 0.9
+    assert result["best_step"] == 0 and result["stride"] == "karras" and result["t_max"] == 0.9 and result["init"] == init
     art = ddss.load_artefact(tmp_path / "run")
     assert art["meta"]["stride"] == "karras" and art["meta"]["t_max"] == 0.9 and art["meta"]["best_step"] == 0
+    assert art["meta"]["init"] == init and art["meta"]["clip_x0"] is True
     problem = build_problem(cfg)
     gm, sched = problem.model.mixture, problem.model.schedule
     x_T = jax.random.normal(jax.random.key(11), (256, 2), jnp.float32)
     grid = schedules.time_grid(4, "karras", sched, 0.9)
-    ddim = samplers.sample("ddim", gm.eps_fn(sched), sched, x_T, steps=4, grid=grid)
+    start = samplers.sample(init, gm.eps_fn(sched), sched, x_T, steps=4, grid=grid)
     mine = samplers.sample("ggdm", gm.eps_fn(sched), sched, x_T, steps=4, key=jax.random.key(0), params=art["params"])
-    np.testing.assert_allclose(np.asarray(mine), np.asarray(ddim), rtol=1e-4, atol=1e-4)
-    assert np.abs(np.asarray(ddim) - np.asarray(samplers.sample("ddim", gm.eps_fn(sched), sched, x_T, steps=4))).max() > 1e-2
+    np.testing.assert_allclose(np.asarray(mine), np.asarray(start), rtol=1e-4, atol=1e-4)
+    assert np.abs(np.asarray(start) - np.asarray(samplers.sample(init, gm.eps_fn(sched), sched, x_T, steps=4))).max() > 1e-2
+    other = "ddim" if init != "ddim" else "unipc-2"
+    assert np.abs(np.asarray(start) - np.asarray(samplers.sample(other, gm.eps_fn(sched), sched, x_T, steps=4, grid=grid))).max() > 1e-3
 
 
 def test_a_search_that_only_gets_worse_keeps_its_initial_parameters(tmp_path):
     """Every step at a learning rate this large worsens validation FD: the artefact is exactly the
-    initial (DDIM) parameters, best_step 0, and results.json's initial and best FD agree."""
+    initial (DDIM's) parameters, best_step 0, and results.json's initial and best FD agree."""
     from helpers import read_metrics
 
     cfg = ddss.load_config(None, {**SEARCH, "steps": 3, "batch_size": 32, "train_steps": 4, "eval_every": 1,
@@ -96,7 +100,7 @@ def test_a_search_that_only_gets_worse_keeps_its_initial_parameters(tmp_path):
     assert res["best_step"] == 0 and res["select_by"] == "fd"
     assert res["initial_val_fd"] == res["best_val_fd"] == fd[0] and res["val_fd_gain"] == 1.0
     art = ddss.load_artefact(tmp_path / "run")
-    init = ggdm.init_params(3, cfg.variant, build_problem(cfg).model.schedule, cfg.stride)
+    init = linear.ggdm_params(cfg.init, 3, cfg.variant, build_problem(cfg).model.schedule, cfg.stride, cfg.t_max)
     assert sorted(art["params"]) == sorted(init) and art["meta"]["best_step"] == 0
     for k, v in init.items():
         np.testing.assert_array_equal(art["params"][k], np.asarray(v), err_msg=k)
@@ -164,7 +168,8 @@ def test_bad_search_keys_are_one_line():
                               ({"t_max": 1.5}, "'t_max'"), ({"holdout_fraction": 1.0}, "'holdout_fraction'"),
                               ({"holdout_fraction": -0.1}, "'holdout_fraction'"), ({"lr_schedule": "step"}, "'lr_schedule'"),
                               ({"warmup_steps": 200, "train_steps": 200}, "'warmup_steps': must be fewer than train_steps"),
-                              ({"stride": "karas"}, "'stride'")):
+                              ({"stride": "karas"}, "'stride'"), ({"init": "ddpm"}, "'init': must be one of ddim,"),
+                              ({"clip_x0": "no"}, "'clip_x0' must be true or false")):
         with pytest.raises(UserError) as e:
             ddss.load_config(None, {**SEARCH, **overrides})
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)

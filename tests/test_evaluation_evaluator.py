@@ -160,6 +160,33 @@ def test_clip_x0_reaches_the_models_eps_fn():
     assert with_clip(factory, False) is factory and with_clip(factory, True) is factory
 
 
+def test_a_ggdm_artefact_runs_with_the_clipping_it_was_searched_with(tmp_path):
+    """A DDSS artefact records clip_x0; the evaluation runs it so whatever the spec says (an older
+    artefact, without the key, follows the spec), and the search's chain clips as it is told."""
+    import jax.numpy as jnp
+
+    from pipeline import ddss
+    from pipeline.ddss.chain import Chain
+    from pipeline.evaluation import pixel_features
+
+    clippable = E.Problem(model=lambda: ClippableMixture(PROBLEM.model()))
+    kw = dict(steps=6, num_samples=64, batch_size=64, seed=3, stride="linear")
+    ddim = {c: E.Evaluator(E.EvalSpec(clippable, "ddim", clip_x0=c, **kw)).samples(0)[0] for c in (True, False)}
+    assert np.abs(ddim[False] - ddim[True]).max() > 0.5  # the premise: clipping matters on this mixture
+    params = ddss.init_params(6, "ggdm+pred+time", "cosine", "linear")
+    for clip, meta in ((False, {"clip_x0": False}), (True, {"clip_x0": True}), (True, {})):
+        path = ddss.save_artefact(tmp_path / f"{clip}-{len(meta)}", params, meta)
+        for asked in (True, False):
+            got = E.Evaluator(artefacts.eval_spec(clippable, f"ggdm:{path}", clip_x0=asked, **kw)).samples(0)[0]
+            want = ddim[clip if meta else asked]
+            np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"{meta}, asked {asked}")
+    model = clippable.model()
+    for clip in (True, False):
+        x0 = Chain(model, pixel_features, clip_x0=clip).samples(params, jax.random.key(0), jnp.arange(64))
+        ref = Chain(model, pixel_features, clip_x0=not clip).samples(params, jax.random.key(0), jnp.arange(64))
+        assert (np.abs(np.asarray(x0)).max() <= 1.001) == clip and np.abs(np.asarray(x0 - ref)).max() > 0.5
+
+
 def test_bad_input_is_one_line():
     with pytest.raises(UserError, match="no-such-sampler"):
         E.Evaluator(E.EvalSpec(PROBLEM, "no-such-sampler", steps=4, num_samples=8))

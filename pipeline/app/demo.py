@@ -32,6 +32,7 @@ from pipeline.distributed.ray_init import ensure_ray
 from pipeline.errors import UserError
 from pipeline.evaluation import protocol
 from pipeline.models.classifier import load_or_train_feature_net
+from pipeline.samplers import linear
 from pipeline.samplers.registry import SamplerDiverged
 from pipeline.teacher import config as tconfig
 from pipeline.teacher.train import reuse_or_train
@@ -138,8 +139,10 @@ class Stages:
                                    label=self.tuned[s, k].setting.label) for s in b.samplers for k in b.ks], "samplers")
 
     def best_setting(self, k: int) -> tuple[str, protocol.Setting]:
-        """The training-free sampler at K with the lowest validation FD, and its setting."""
-        (sampler, _), tuned = min(((key, t) for key, t in self.tuned.items() if key[1] == k), key=lambda kv: kv[1].score.mean)
+        """The deterministic training-free sampler at K (one a search can start from: samplers.linear.STARTS)
+        with the lowest validation FD, and its setting."""
+        (sampler, _), tuned = min(((key, t) for key, t in self.tuned.items() if key[1] == k and key[0] in linear.STARTS),
+                                  key=lambda kv: kv[1].score.mean)
         return sampler, tuned.setting
 
 
@@ -185,8 +188,9 @@ def distill_stage(st: Stages):
 
 def search_stage(st: Stages):
     """[4/5]: DDSS searches (GGDM+PRED+TIME) per K of budget.search_ks, one per search seed, each
-    started from DDIM on the grid of the best tuned training-free sampler at that K (chosen on
-    validation seeds) and selected by FD on held-out data; a K's row covers all its searches."""
+    started from the best tuned training-free sampler at that K (chosen on validation seeds), exactly:
+    its GGDM parameters on its grid, t_max and clipping (samplers.linear), and selected by FD on held-out
+    data; a K's row covers all its searches."""
     t0 = time.time()
     b = st.budget
     print(f"[4/5] DDSS search (GGDM+PRED+TIME) at K = {list(b.search_ks)}, search seeds {list(b.search_seeds)}")
@@ -198,7 +202,8 @@ def search_stage(st: Stages):
         artefacts = []
         for seed in b.search_seeds:
             cfg = ddss.load_config(None, {
-                "teacher": st.teacher, "steps": k, "stride": start.stride, "t_max": start.t_max, "seed": seed,
+                "teacher": st.teacher, "steps": k, "init": sampler, "stride": start.stride, "t_max": start.t_max,
+                "clip_x0": start.clip_x0, "seed": seed,
                 "train_steps": b.search_steps, "batch_size": b.search_batch,
                 "eval_every": max(1, b.search_steps // 4), "eval_samples": b.search_eval_samples,
                 # K <= 10 on CPU: the unrolled adjoint is the fastest reverse pass, its memory small

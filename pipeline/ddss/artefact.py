@@ -96,6 +96,7 @@ _META_TYPES = {
     "guidance": (lambda v: v is None or (_number(v) and math.isfinite(v)), "a finite number"),
     "stride": (lambda v: v is None or isinstance(v, str), "a stride name"),
     "t_max": (lambda v: v is None or (_number(v) and 0.0 < v <= 1.0), "a number in (0, 1]"),
+    "clip_x0": (lambda v: v is None or isinstance(v, bool), "true or false"),
 }
 
 
@@ -134,11 +135,13 @@ def load_ggdm(path) -> dict:
 
 def plan(path: str, model):
     """The evaluation Plan of "ggdm:PATH": the artefact's parameters for `model`, checked against
-    its schedule and data shape; the guidance weight it was searched at is the default w."""
+    its schedule and data shape; the guidance weight it was searched at is the default w, and it
+    runs with the x0 clipping it was searched with (meta clip_x0; older artefacts: the spec's)."""
     from pipeline.evaluation.evaluator import check_made_for
     from pipeline.evaluation.spec import Plan
 
     art = load_artefact(path)
     meta = art["meta"]
     check_made_for(f"DDSS sampler artefact {path}", model, schedule=meta.get("schedule"), data_shape=meta.get("data_shape"))
-    return Plan(kwargs={"params": art["params"]}, steps=ggdm.num_steps(art["params"]), w=meta.get("guidance"))
+    return Plan(kwargs={"params": art["params"]}, steps=ggdm.num_steps(art["params"]), w=meta.get("guidance"),
+                clip_x0=meta.get("clip_x0"))

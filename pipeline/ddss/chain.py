@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from pipeline import metrics, samplers, schedules
 from pipeline.distributed.context import DATA
+from pipeline.evaluation.evaluator import with_clip
 from pipeline.evaluation.spec import sample_inputs
 
 
@@ -28,12 +29,14 @@ class Chain:
     """GGDM samples of a model, and their features: what the loss and the validation share.
 
     model: teacher-like (`schedule`, `data_shape`, `num_classes` (0: unconditional),
-    `eps_fn(y, w)`); feature_fn: x [B, ...] -> [B, F]; w: guidance weight (None: the model's).
+    `eps_fn(y, w)`); feature_fn: x [B, ...] -> [B, F]; w: guidance weight (None: the model's);
+    clip_x0: as the evaluation's (EvalSpec.clip_x0).
     """
 
     model: Any
     feature_fn: Callable
     w: float | None = None
+    clip_x0: bool = True  # the model's x0 prediction clipped to the data range (a model without clip_x0 ignores it)
 
     def __post_init__(self):
         samplers.get("ggdm")  # loads the sampler registry now, not inside a trace
@@ -44,7 +47,8 @@ class Chain:
         x_T, kn, y = sample_inputs(key, idx, self.model.data_shape, num_classes)
         K = int(np.shape(params["sigma"])[0])
         grid = jnp.asarray(schedules.time_grid(K, "linear"), jnp.float32)  # GGDM's times are in params
-        x0, _ = samplers.run("ggdm", self.model.eps_fn(y, self.w), self.model.schedule, x_T, grid, key=kn,
+        eps_fn = with_clip(self.model.eps_fn, self.clip_x0)(y, self.w)
+        x0, _ = samplers.run("ggdm", eps_fn, self.model.schedule, x_T, grid, key=kn,
                              params=params, remat=remat)
         return x0
 

@@ -7,10 +7,11 @@ import math
 from pipeline import config, schedules
 from pipeline.accelerator import AcceleratorConfig
 from pipeline.data.gmm import PRESETS
-from pipeline.samplers import ggdm
+from pipeline.samplers import ggdm, linear
 
 SELECT_BY = ("kid", "fd")
 LR_SCHEDULES = ("constant", "cosine")
+REFERENCES = ("data", "teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,8 +22,10 @@ class SearchConfig:
     gmm: str = ""  # a Gaussian-mixture preset with its exact denoiser (pipeline.data.gmm), for tests and demos
     steps: int = 5  # K, the sampler's steps (= model evaluations)
     variant: str = "ggdm+pred+time"
-    stride: str = "quadratic"  # the DDIM grid the search starts from
+    init: str = "ddim"  # the training-free sampler the search starts from, exactly (samplers.linear.STARTS)
+    stride: str = "quadratic"  # the time grid it starts on
     t_max: float = 1.0  # that grid's first time, in (0, 1] (schedules.time_grid)
+    clip_x0: bool = True  # the model's x0 prediction clipped to the data range [-1, 1] (a teacher's; gmm: exact, never)
     guidance: float | None = None  # classifier-free guidance w of the teacher (None: its default)
     batch_size: int = 128  # chains per gradient step, global over all devices
     train_steps: int = 300
@@ -39,7 +42,10 @@ class SearchConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     seed: int = 0
-    reference_samples: int = 2000  # gmm: exact samples as the reference
+    reference: str = "data"  # teacher: what the loss matches: "data", its training split (Watson et al.), or "teacher",
+    # its own converged samples (reference_steps-step DDIM, reference_samples of them, a seed no evaluation uses)
+    reference_steps: int = 512
+    reference_samples: int = 2000  # gmm: exact samples as the reference; teacher with reference "teacher": its samples
     cache_dir: str = dataclasses.field(default=".cache", metadata=config.PATH)  # where the digit classifier (digits features) is cached
     workers: int = 1  # Ray Train workers (processes); 0: in this process, without Ray
     accelerator: str = "cpu"  # where the workers run JAX: cpu | gpu | tpu (pipeline.accelerator)
@@ -54,6 +60,7 @@ class SearchConfig:
         config.check(not self.gmm or self.gmm in PRESETS, "gmm", f"must be one of {', '.join(PRESETS)}, got {self.gmm!r}")
         config.check_range(self.steps, 1, 1000, "steps", " (a GGDM sampler of K steps holds K x K mixing weights)")
         config.check(self.variant in ggdm.VARIANTS, "variant", f"must be one of {', '.join(ggdm.VARIANTS)}, got {self.variant!r}")
+        config.check(self.init in linear.STARTS, "init", f"must be one of {', '.join(linear.STARTS)}, got {self.init!r}")
         config.check(self.stride in schedules.STRIDES, "stride", f"must be one of {', '.join(schedules.STRIDES)}, got {self.stride!r}")
         config.check(_number(self.t_max) and 0.0 < self.t_max <= 1.0, "t_max", f"must be a number in (0, 1], got {self.t_max!r}")
         config.check(self.remat in ggdm.REMAT, "remat", f"must be one of {', '.join(ggdm.REMAT)}, got {self.remat!r}")
@@ -78,6 +85,12 @@ class SearchConfig:
         config.check(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
         self.placement()  # a bad accelerator setting is refused here
         config.check_range(self.reference_samples, 2, config.MAX_SAMPLES, "reference_samples")
+        config.check(self.reference in REFERENCES, "reference", f"must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        config.check_range(self.reference_steps, 1, 10000, "reference_steps")
+        config.check(self.reference == "data" or not self.gmm, "reference",
+                     "must be data with gmm (its references are exact samples already)")
+        config.check(self.reference == "data" or self.guidance is None, "reference",
+                     "teacher: its samples are drawn at the teacher's default guidance; leave guidance unset")
         config.check_range(self.seed, 0, config.MAX_SEED, "seed")
 
     def placement(self) -> AcceleratorConfig:

@@ -3,9 +3,11 @@ training data (the KID loss's target) and a held-out validation reference (what 
 parameters), built from the config in every process.
 
 - teacher: a trained teacher (pipeline.train.load_teacher), the digit classifier's features
-  (digits) or the flattened pixels (npz data). The training split is divided by a fixed
-  permutation (holdout_split): holdout_fraction of it is the validation reference, the rest the
-  loss's; the test split is never read (it stays for evaluation).
+  (digits) or the flattened pixels (npz data). The training split (reference "data") or the
+  teacher's own converged samples (reference "teacher": what a sampler's error is measured
+  against without the teacher's floor, and with nothing of the training set to memorise) is
+  divided by a fixed permutation (holdout_split): holdout_fraction of it is the validation
+  reference, the rest the loss's; the test split is never read (it stays for evaluation).
 - gmm: a preset Gaussian mixture's exact denoiser, its samples as features; the loss's reference
   and the validation reference are exact samples from two seeds that no evaluation uses.
 holdout_fraction = 0: the validation reference is the loss's (the search's behaviour before it had one).
@@ -22,6 +24,7 @@ from pipeline.errors import UserError
 REFERENCE_SEED = 271828  # gmm: the exact reference samples of the loss (evaluate.py uses 12345)
 VALIDATION_SEED = 314159  # gmm: the exact samples of the validation reference
 HOLDOUT_SEED = 161803  # teacher: the permutation of the training split that holds out the validation part
+TEACHER_SAMPLES_SEED = 141421  # teacher, reference "teacher": its samples (evaluation's reference: problems.TEACHER_REFERENCE_SEED)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -78,14 +81,21 @@ def _teacher_problem(cfg) -> SearchProblem:
     from pipeline.data import loading
     from pipeline.teacher import model as tmodel
     from pipeline.evaluation import data_features, features_in_batches
+    from pipeline.evaluation.problems import teacher_reference_samples
 
     teacher = tmodel.load_teacher(cfg.teacher)
-    images, _ = loading.load_data(teacher.config.data, "train")
+    if cfg.reference == "teacher":
+        images = teacher_reference_samples(cfg.teacher, cfg.cache_dir, cfg.reference_steps, cfg.reference_samples,
+                                           seed=TEACHER_SAMPLES_SEED)
+        reference = {"reference": "teacher", "reference_steps": cfg.reference_steps, "reference_samples": cfg.reference_samples}
+    else:
+        images, _ = loading.load_data(teacher.config.data, "train")
+        reference = {"reference": "data"}
     loss_rows, held_rows = holdout_split(len(images), cfg.holdout_fraction)
     feature_fn, label = data_features(teacher.config.data.name, cfg.cache_dir)
     feats = features_in_batches(feature_fn, images).reshape(len(images), -1).astype(np.float32)
     return SearchProblem(teacher, feature_fn, feats[loss_rows], {
         "teacher": os.path.abspath(cfg.teacher), "teacher_step": teacher.step, "schedule": teacher.schedule.name,
         "features": label, "data_shape": list(teacher.data_shape),
-        "guidance": teacher.default_w if cfg.guidance is None else cfg.guidance,
+        "guidance": teacher.default_w if cfg.guidance is None else cfg.guidance, **reference,
     }, feats[held_rows] if len(held_rows) else None)

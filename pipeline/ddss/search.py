@@ -3,7 +3,8 @@ the features of the sampler's samples and of the training data, backpropagating 
 whole chain. The model is frozen.
 
 `search_loop(ctx)` runs in every process of an SPMD job (pipeline.distributed.spmd; ctx a
-SpmdContext), or in this process alone. It starts from DDIM on time_grid(steps, stride, t_max).
+SpmdContext), or in this process alone. It starts from a training-free sampler (`init`: DDIM by
+default, or a multistep solver, exactly: samplers.linear) on time_grid(steps, stride, t_max).
 Each step draws a fresh global batch of chains (sample i of step s from
 fold_in(fold_in(train_key, s), i)); every `eval_every` steps (and at step 0) FD and KID of
 `eval_samples` samples from held-out seeds, the same chains at every evaluation (common random
@@ -33,7 +34,7 @@ from pipeline.ddss.chain import Chain, kid_loss, sharded_features
 from pipeline.ddss.config import SearchConfig
 from pipeline.ddss.problem import build_problem
 from pipeline.errors import UserError
-from pipeline.samplers import ggdm
+from pipeline.samplers import linear
 
 TRAIN, VALIDATION = 1, 2  # key streams folded into key(seed)
 ARTEFACT = "sampler"  # RUN_DIR/sampler
@@ -62,9 +63,9 @@ def make_optimizer(cfg: SearchConfig):
 
 
 def init_state(cfg: SearchConfig, sched) -> dict:
-    """The search state at step 0: DDIM's GGDM parameters on time_grid(steps, stride, t_max), Adam's
-    state, the base key."""
-    params = ggdm.init_params(cfg.steps, cfg.variant, sched, cfg.stride, t_max=cfg.t_max)
+    """The search state at step 0: the GGDM parameters of sampler cfg.init on time_grid(steps, stride,
+    t_max) (samplers.linear), Adam's state, the base key."""
+    params = linear.ggdm_params(cfg.init, cfg.steps, cfg.variant, sched, cfg.stride, cfg.t_max)
     return {
         "params": params,
         "opt": make_optimizer(cfg).init(params),
@@ -111,7 +112,7 @@ def search_loop(ctx) -> dict:
     if cfg.batch_size % ctx.num_devices:
         raise UserError(f"config key 'batch_size' ({cfg.batch_size}) must be divisible by the {ctx.num_devices} devices")
     problem = build_problem(cfg)
-    chain = Chain(problem.model, problem.feature_fn, cfg.guidance)
+    chain = Chain(problem.model, problem.feature_fn, cfg.guidance, cfg.clip_x0)
     train_step = jax.jit(make_train_step(chain, problem.reference, ctx.mesh, cfg), out_shardings=ctx.replicated)
     val_features = jax.jit(make_validation(chain, ctx.mesh, cfg), out_shardings=ctx.replicated)
 
@@ -171,7 +172,8 @@ def search_loop(ctx) -> dict:
     initial = scored[0] if 0 in scored else score(ctx.replicate(fresh["params"]), state["key"])
     best_scores = scored[best_step] if best_step in scored else score(state["best"]["params"], state["key"])
     result = {
-        "K": cfg.steps, "variant": cfg.variant, "stride": cfg.stride, "t_max": cfg.t_max,
+        "K": cfg.steps, "variant": cfg.variant, "init": cfg.init, "stride": cfg.stride, "t_max": cfg.t_max,
+        "clip_x0": cfg.clip_x0,
         "train_steps": cfg.train_steps, "resumed_from": start, "select_by": cfg.select_by,
         "best_step": best_step, "initial_val_fd": initial["fd"], "initial_val_kid": initial["kid"],
         "best_val_fd": best_scores["fd"], "best_val_kid": best_scores["kid"],
@@ -183,7 +185,8 @@ def search_loop(ctx) -> dict:
     path = os.path.join(ctx.run_dir, ARTEFACT)
     if ctx.is_main and not os.path.exists(path):  # a finished run that is resumed keeps its artefact
         artefact.save_artefact(path, best["params"], {
-            **problem.meta, "stride": cfg.stride, "t_max": cfg.t_max, "best_step": best_step,
+            **problem.meta, "init": cfg.init, "stride": cfg.stride, "t_max": cfg.t_max, "clip_x0": cfg.clip_x0,
+            "best_step": best_step,
             "select_by": cfg.select_by, "best_val": float(best["score"]), "initial_val_fd": initial["fd"],
             "best_val_fd": best_scores["fd"], "config": config.to_dict(cfg),
         })

@@ -147,8 +147,9 @@ class Evaluator:
         self.model = model
         self.feature_fn = spec.problem.features() if spec.problem.features is not None else pixel_features
         self.num_classes = int(getattr(model, "num_classes", 0) or 0)
-        self._fn = _block_fn(model, self.feature_fn, r.name, with_clip(r.plan.eps_fn or model.eps_fn, spec.clip_x0),
-                             r.w, (spec.sampler, spec.clip_x0))
+        clip = spec.clip_x0 if r.plan.clip_x0 is None else r.plan.clip_x0
+        self._fn = _block_fn(model, self.feature_fn, r.name, with_clip(r.plan.eps_fn or model.eps_fn, clip),
+                             r.w, (spec.sampler, clip))
         self._args = (jnp.asarray(r.grid, jnp.float32), jax.random.key(spec.seed), dict(r.plan.kwargs))
 
     def _block(self, idx):

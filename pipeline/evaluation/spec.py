@@ -46,7 +46,8 @@ class Plan:
     t_max=t_max) of the spec; a grid given here ignores the spec's stride and t_max);
     eps_fn: a denoiser factory (y, w) -> eps_fn(x, t) replacing model.eps_fn (a distilled student);
     steps: the step count the artefact was made for (None: any; else --steps must match);
-    w: the guidance weight it was made for (used when the evaluation gives none).
+    w: the guidance weight it was made for (used when the evaluation gives none);
+    clip_x0: the x0 clipping it was made with, which it is always run with (None: the spec's).
     """
 
     kwargs: dict = dataclasses.field(default_factory=dict)
@@ -54,6 +55,7 @@ class Plan:
     eps_fn: Callable | None = None
     steps: int | None = None
     w: float | None = None
+    clip_x0: bool | None = None
 
 
 def split_sampler(sampler: str) -> tuple[str, str | None]:

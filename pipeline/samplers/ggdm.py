@@ -79,12 +79,20 @@ def init_params(K: int, variant: str = "ggdm", sched="cosine", stride: str = "qu
     else:
         params["mu_x0"] = a[1:] - a[:-1] * r
     if "time" in variant:
-        params["time_logits"] = _softplus_inv(-np.diff(grid) / grid[0])  # normalised: times_from_logits' scale
-        if grid[0] != 1.0:
-            params["t_max"] = np.float64(grid[0])
+        params.update(time_params(grid))
     else:
         params["times"] = grid[:-1]
     return {k: jnp.asarray(v, dtype) for k, v in params.items()}
+
+
+def time_params(times) -> dict:
+    """+TIME's parameters for the K+1 decreasing times t_max = tau_0 > ... > tau_K = 0: the logits
+    times_from_logits inverts, and t_max unless it is 1."""
+    times = np.asarray(times, np.float64)
+    out = {"time_logits": _softplus_inv(-np.diff(times) / times[0])}  # normalised: times_from_logits' scale
+    if times[0] != 1.0:
+        out["t_max"] = np.float64(times[0])
+    return out
 
 
 def times_from_logits(logits, t_max=1.0):

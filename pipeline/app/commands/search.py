@@ -12,7 +12,7 @@ EXAMPLE = "ddss search --teacher runs/teacher-digits --steps 5 --variant ggdm+pr
 
 # flag -> SearchConfig key
 _FLAGS = {"teacher": "teacher", "gmm": "gmm", "steps": "steps", "variant": "variant", "workers": "workers",
-          "stride": "stride", "t_max": "t_max", "lr_schedule": "lr_schedule", "select_by": "select_by",
+          "init": "init", "reference": "reference", "stride": "stride", "t_max": "t_max", "clip_x0": "clip_x0", "lr_schedule": "lr_schedule", "select_by": "select_by",
           "train_steps": "train_steps", "batch_size": "batch_size", "learning_rate": "learning_rate",
           "seed": "seed", "cache_dir": "cache_dir", "accelerator": "accelerator",
           "devices_per_worker": "devices_per_worker", "tpu_topology": "tpu_topology", "tpu_type": "tpu_type"}
@@ -25,9 +25,16 @@ def add_arguments(p):
     p.add_argument("--gmm", metavar="PRESET", help="instead of a teacher: a Gaussian mixture with its exact denoiser (ring2d, mix16d)")
     p.add_argument("--steps", type=int, metavar="K", help="sampler steps (= model evaluations per sample)")
     p.add_argument("--variant", choices=VARIANTS, help="GGDM family (default ggdm+pred+time)")
-    p.add_argument("--stride", metavar="STRIDE", help="the DDIM grid the search starts from (default quadratic; "
+    p.add_argument("--init", metavar="SAMPLER", help="the training-free sampler the search starts from, exactly (default "
+                                                     "ddim; accel-ddim, dpm-solver++2m, dpm-solver++3m, unipc-2, unipc-3, ipndm)")
+    p.add_argument("--stride", metavar="STRIDE", help="the grid it starts on (default quadratic; "
                                                        "linear, logsnr, karras, leading, trailing, linspace)")
     p.add_argument("--t-max", type=float, metavar="T", help="that grid's first time, in (0, 1] (default 1)")
+    p.add_argument("--no-clip-x0", dest="clip_x0", action="store_const", const=False, default=None,
+                   help="do not clip the teacher's x0 prediction to [-1, 1] in the chain (as ddss evaluate's --no-clip-x0)")
+    p.add_argument("--reference", choices=("data", "teacher"),
+                   help="what the KID loss matches: data (default: the training split, as Watson et al.) or teacher "
+                        "(the teacher's own 512-step DDIM samples: the sampler's error, nothing of the training set to memorise)")
     p.add_argument("--config", help="a YAML config (e.g. configs/ddss_search.yaml, shipped with the package, which lists "
                                     "every key); --set and flags override it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval_samples=500 (repeatable)")
