@@ -15,8 +15,9 @@ The protocol is pipeline.evaluation.protocol's:
 Metrics, from the same samples: digits FD/KID (digit-classifier features) against the test split
 ("fd_test", floored by the teacher's own error) and against the teacher's converged samples
 ("fd_teacher": 512-step DDIM, no floor); Gaussian mixtures: FD against exact samples ("fd_exact").
-Every score is cached in bench/out/fair/scores.json (a rerun resumes); writes bench/out/fair.json,
-fair.md and fair.png and prints the tables. --smoke: a seconds-long run on one mixture (tests).
+Every score is cached in OUT/scores.json (a rerun resumes; another search setting wants another --out,
+into which scores.json may be copied to reuse the tuning); writes OUT/fair.json, fair.md and fair.png
+and prints the tables. --smoke: a seconds-long run on one mixture (tests).
 """
 from __future__ import annotations
 
@@ -133,9 +134,10 @@ def ddss(scorer, cache, problem_key: dict, K: int, start_method: str, start, see
     from pipeline.evaluation import protocol
 
     clip = "" if start.clip_x0 or not scorer.clips else "-unclipped"
+    reference = {"reference": args.search_reference} if "teacher" in problem_key else {}
     run_dir = os.path.join(args.out, "ddss", f"{scorer.name}-K{K}-{start_method}-{start.stride}-t{start.t_max:g}{clip}-seed{seed}")
     cfg = search_mod.load_config(None, {
-        **problem_key, "steps": K, "variant": "ggdm+pred+time", "init": start_method, "stride": start.stride,
+        **problem_key, **reference, "reference_samples": args.search_reference_samples, "steps": K, "variant": "ggdm+pred+time", "init": start_method, "stride": start.stride,
         "t_max": start.t_max, "clip_x0": start.clip_x0 or not scorer.clips,
         "seed": seed, "batch_size": args.search_batch, "train_steps": args.search_steps, "learning_rate": args.search_lr,
         "eval_every": args.search_eval_every, "eval_samples": args.search_eval_samples, "select_by": "fd",
@@ -158,6 +160,7 @@ def ddss(scorer, cache, problem_key: dict, K: int, start_method: str, start, see
 
 def section(scorer, cache, metrics_: tuple, problem_key: dict, args) -> dict:
     """Tuned training-free samplers and DDSS at every K, for each metric; the goals."""
+    from pipeline import ddss as search_mod
     from pipeline.evaluation import protocol
 
     out, starts = {}, {}
@@ -185,12 +188,20 @@ def section(scorer, cache, metrics_: tuple, problem_key: dict, args) -> dict:
                 start_row = min(tuned_rows, key=lambda r: r["val"]["mean"])
                 starts[K] = (start_row["method"], protocol.Setting(**start_row["setting"]))
             start_method, start = starts[K]
-            try:
-                scores = [t for seed in args.ddss_seeds for t in ddss(scorer, cache, problem_key, K, start_method, start, seed, args)]
-            except NotCached:
+            scores, diverged = [], []
+            for seed in args.ddss_seeds:
+                try:
+                    scores += ddss(scorer, cache, problem_key, K, start_method, start, seed, args)
+                except NotCached:
+                    continue
+                except search_mod.SearchDiverged as e:  # reported in the row, not hidden
+                    print(f"  {scorer.name} K={K} search seed {seed}: {e}", file=sys.stderr)
+                    diverged.append(seed)
+            if not scores:
                 continue
             ours = protocol.summary(t[metric] for t in scores)
-            rows.append({"method": "DDSS (GGDM+PRED+TIME)", "K": K, "label": f"from {start_method} {start.label}",
+            gone = f"; search seeds {diverged} diverged" if diverged else ""
+            rows.append({"method": "DDSS (GGDM+PRED+TIME)", "K": K, "label": f"from {start_method} {start.label}{gone}",
                          "setting": dataclasses.asdict(start), "test": dataclasses.asdict(ours),
                          "kid": dataclasses.asdict(protocol.summary(t[metric.replace("fd", "kid")] for t in scores))})
             best = min(tuned_rows, key=lambda r: r["test"]["mean"])
@@ -256,6 +267,10 @@ def main(argv=None) -> int:
     p.add_argument("--search-steps", type=int, default=300)
     p.add_argument("--search-batch", type=int, default=64)
     p.add_argument("--search-lr", type=float, default=5e-3)
+    p.add_argument("--search-reference", choices=("data", "teacher"), default="data",
+                   help="digits: what the search's KID loss matches (ddss search --reference)")
+    p.add_argument("--search-reference-samples", type=int, default=2000,
+                   help="the search's reference (loss and held-out validation): exact mixture samples, or teacher samples")
     p.add_argument("--search-eval-every", type=int, default=50)
     p.add_argument("--search-eval-samples", type=int, default=500)
     p.add_argument("--out", default=os.path.join(common.OUT, "fair"))

@@ -50,5 +50,9 @@ def test_tuned_settings_are_the_validation_argmin_and_rows_the_test_seeds(smoke)
     a, b = protocol.Stat(**ddss["test"]), protocol.Stat(**best["test"])
     assert goal["verdict"] == protocol.verdict(a, b) and goal["ratio"] == pytest.approx(b.mean / a.mean)
     start = min((r for r in rows if not r["method"].startswith("DDSS")), key=lambda r: r["val"]["mean"])
-    assert ddss["setting"] == start["setting"]  # DDSS starts from the grid chosen on validation
+    assert ddss["setting"] == start["setting"]  # DDSS starts from the sampler and grid chosen on validation
+    (run,) = (smoke / "ddss").iterdir()
+    meta = json.loads((run / "sampler" / "meta.json").read_text())
+    assert meta["init"] == start["method"] and meta["stride"] == start["setting"]["stride"]
+    assert meta["t_max"] == start["setting"]["t_max"]
     assert (smoke / "fair.png").read_bytes()[:4] == b"\x89PNG"
