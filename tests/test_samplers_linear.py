@@ -19,14 +19,15 @@ def _float64():
 
 
 GM = GaussianMixture(np.array([[-2.0, 0.5], [1.5, 1.0], [0.0, -2.0]]), np.array([0.3, 0.5, 0.2]), np.array([0.3, 0.5, 0.2]))
+SCHED = schedules.get("cosine")
+EPS = GM.eps_fn(SCHED)  # one function for every test: the jitted GGDM chain of a K and variant compiles once
 
 
 @pytest.mark.parametrize("name", linear.STARTS)
 @pytest.mark.parametrize("stride,t_max,K,variants", [("linear", 0.97, 6, ggdm.VARIANTS), ("logsnr", 1.0, 5, ("ggdm+pred+time",)),
                                                      ("karras", 0.99, 7, ("ggdm",))])
 def test_ggdm_runs_the_sampler_exactly(name, stride, t_max, K, variants):
-    sched = schedules.get("cosine")
-    eps_fn = GM.eps_fn(sched)
+    sched, eps_fn = SCHED, EPS
     x_T = jax.random.normal(jax.random.key(0), (128, 2), jnp.float64)
     grid = schedules.time_grid(K, stride, sched, t_max)
     ref = np.asarray(samplers.sample(name, eps_fn, sched, x_T, K, grid=grid))
