@@ -102,13 +102,15 @@ def test_report_appends_step_time_and_host_values_on_process_0_only(tmp_path):
 
 def read_event_scalars(logdir) -> dict:
     """{tag: [(step, value)]} from every TensorBoard event file under `logdir`, read back from
-    the TFRecord framing (length, masked CRC, Event proto, masked CRC) with tensorboardX's protos."""
+    the TFRecord framing (length, masked CRC, Event proto, masked CRC) with tensorboardX's protos,
+    in the order they were written (by wall time: two writers' file names in the same second need
+    not sort in the order they were opened)."""
     import struct
 
     from tensorboardX.proto import event_pb2
     from tensorboardX.record_writer import masked_crc32c
 
-    out = {}
+    events = []
     for name in sorted(os.listdir(logdir)):
         assert name.startswith("events.out.tfevents."), name
         with open(os.path.join(logdir, name), "rb") as f:
@@ -121,9 +123,11 @@ def read_event_scalars(logdir) -> dict:
             body = data[pos + 12:pos + 12 + n]
             assert struct.unpack("I", data[pos + 12 + n:pos + 16 + n])[0] == masked_crc32c(body)
             pos += 16 + n
-            event = event_pb2.Event.FromString(body)
-            for v in event.summary.value:
-                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+            events.append(event_pb2.Event.FromString(body))
+    out = {}
+    for event in sorted(events, key=lambda e: e.wall_time):  # stable: a file's own order is kept
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append((event.step, v.simple_value))
     return out
 
 

@@ -143,6 +143,9 @@ def search_uninterrupted(by_value, cache_dir, tmp_path_factory):
     return d, _search(d, cache_dir)
 
 
+@pytest.mark.slow  # two worker groups and a third after the kill (~125 s): make test covers the restart with
+# test_spmd.py's worker-kill test (the same run_spmd) and the search's bit-exact resume with test_ddss_search.py's
+# SIGKILL test; `make test-slow` runs this one, the two together on a real search
 def test_search_worker_killed_resumes_to_the_uninterrupted_parameters(search_uninterrupted, cache_dir, tmp_path):
     whole_dir, whole = search_uninterrupted
     assert (whole["processes"], whole["devices"], whole["resumed_from"]) == (2, 2, 0)
@@ -186,7 +189,7 @@ def _round_state(root, like):
     return jax.device_get(load_student_params(str(root), 0, like))
 
 
-@pytest.mark.slow  # three worker groups (~200 s of CPU): the search's test above covers the restart and
+@pytest.mark.slow  # three worker groups (~200 s of CPU): test_spmd.py's worker-kill test covers the restart and
 # test_distill_loop.py's SIGKILL test the round's bit-exact resume; `make test-slow` runs it
 def test_distill_round_worker_killed_resumes_to_the_uninterrupted_parameters(by_value, cache_dir, teacher_dir,
                                                                              tmp_path):
