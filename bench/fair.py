@@ -135,10 +135,12 @@ def ddss(scorer, cache, problem_key: dict, K: int, start_method: str, start, see
 
     clip = "" if start.clip_x0 or not scorer.clips else "-unclipped"
     reference = {"reference": args.search_reference} if "teacher" in problem_key else {}
-    run_dir = os.path.join(args.out, "ddss", f"{scorer.name}-K{K}-{start_method}-{start.stride}-t{start.t_max:g}{clip}-seed{seed}")
+    run_dir = os.path.join(args.out, "ddss",
+                           f"{scorer.name}-K{K}-{start_method}-{start.stride}-t{start.t_max:g}{clip}-seed{seed}")
     cfg = search_mod.load_config(None, {
-        **problem_key, **reference, "reference_samples": args.search_reference_samples, "steps": K, "variant": "ggdm+pred+time", "init": start_method, "stride": start.stride,
-        "t_max": start.t_max, "clip_x0": start.clip_x0 or not scorer.clips,
+        **problem_key, **reference, "reference_samples": args.search_reference_samples, "steps": K,
+        "variant": "ggdm+pred+time", "init": start_method, "stride": start.stride, "t_max": start.t_max,
+        "clip_x0": start.clip_x0 or not scorer.clips,
         "seed": seed, "batch_size": args.search_batch, "train_steps": args.search_steps, "learning_rate": args.search_lr,
         "eval_every": args.search_eval_every, "eval_samples": args.search_eval_samples, "select_by": "fd",
         "checkpoint_every": args.search_eval_every, "remat": "adjoint-unrolled", "workers": 0})

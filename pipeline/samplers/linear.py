@@ -43,10 +43,7 @@ def trace(name: str, sched, grid) -> tuple[np.ndarray, np.ndarray]:
 
     with jax.enable_x64(True), jax.disable_jit():
         x_T = jnp.zeros((1, K + 1), jnp.float64).at[0, 0].set(1.0)
-        try:
-            out, _ = registry.run(name, eps_fn, sched, x_T, jnp.asarray(grid, jnp.float64))
-        except TypeError as e:  # a sampler that needs parameters (ggdm, a student's)
-            raise UserError(f"sampler {name!r} cannot start a search: it needs its own parameters ({e})") from None
+        out, _ = registry.run(name, eps_fn, sched, x_T, jnp.asarray(grid, jnp.float64))
     if len(calls) != K:
         raise UserError(f"sampler {name!r} called the model {len(calls)} times on {K} steps: GGDM makes one call a step")
     tau = np.array([t for t, _ in calls])
@@ -67,7 +64,6 @@ def ggdm_params(name: str, K: int, variant: str = "ggdm+pred+time", sched="cosin
     tau, S = trace(name, sched, grid)
     if np.any(np.diff(tau) >= 0) or not np.isclose(tau[0], grid[0]):
         raise UserError(f"sampler {name!r} calls the model at times {tau.tolist()}: GGDM needs decreasing times from {grid[0]}")
-    _check_marginals(name, sched, tau, S)
     mu_x, mix = np.zeros((K, K)), np.zeros((K, K))
     for i in range(K):
         target = S[i + 1]
@@ -93,16 +89,17 @@ def ggdm_params(name: str, K: int, variant: str = "ggdm+pred+time", sched="cosin
         params.update(ggdm.time_params(times))
     else:
         params["times"] = tau
+    with jax.enable_x64(True):
+        _check_marginals(name, sched, tau, {k: jnp.asarray(v, jnp.float64) for k, v in params.items()})
     return {k: jnp.asarray(v, dtype) for k, v in params.items()}
 
 
-def _check_marginals(name: str, sched, tau, S):
-    """UserError unless each model input x_j has GGDM's marginal N(alpha(tau_j) x_0, sigma(tau_j)^2 I) when
-    every prediction is x_0 itself: GGDM divides by these (ggdm.marginals), the sampler by the schedule's."""
-    a = S[:-1, 0] * float(sched.alpha(tau[0])) + S[:-1, 1:].sum(axis=1)
-    sv = np.abs(S[:-1, 0]) * float(sched.sigma(tau[0]))
-    want_a, want_s = np.asarray(sched.alpha(tau), np.float64), np.asarray(sched.sigma(tau), np.float64)
-    off = max(np.max(np.abs(a - want_a)), np.max(np.abs(sv - want_s)))
+def _check_marginals(name: str, sched, tau, params):
+    """UserError unless GGDM's marginals of `params` (ggdm.marginals), which its predictions divide by,
+    are the schedule's at the model times, which the sampler divides by."""
+    a, sqrt_v = ggdm.marginals(params, sched)
+    off = max(np.max(np.abs(np.asarray(a) - np.asarray(sched.alpha(tau)))),
+              np.max(np.abs(np.asarray(sqrt_v) - np.asarray(sched.sigma(tau)))))
     if off > 1e-5:
         raise UserError(f"sampler {name!r} is not consistent with the schedule's marginals (off by {off:.2g}): "
                         "GGDM cannot start from it")

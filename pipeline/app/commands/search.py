@@ -12,7 +12,8 @@ EXAMPLE = "ddss search --teacher runs/teacher-digits --steps 5 --variant ggdm+pr
 
 # flag -> SearchConfig key
 _FLAGS = {"teacher": "teacher", "gmm": "gmm", "steps": "steps", "variant": "variant", "workers": "workers",
-          "init": "init", "reference": "reference", "stride": "stride", "t_max": "t_max", "clip_x0": "clip_x0", "lr_schedule": "lr_schedule", "select_by": "select_by",
+          "init": "init", "reference": "reference", "stride": "stride", "t_max": "t_max", "clip_x0": "clip_x0",
+          "lr_schedule": "lr_schedule", "select_by": "select_by",
           "train_steps": "train_steps", "batch_size": "batch_size", "learning_rate": "learning_rate",
           "seed": "seed", "cache_dir": "cache_dir", "accelerator": "accelerator",
           "devices_per_worker": "devices_per_worker", "tpu_topology": "tpu_topology", "tpu_type": "tpu_type"}
